@@ -1,0 +1,416 @@
+"""The one typed, frozen configuration, loaded from YAML (SPEC §10) and validated once.
+
+Every problem is reported with the file, the field path and the reason, all at once, so an
+operator fixes a broken file in one pass. Nothing else in the package reads `os.environ`: the
+environment overrides are applied here, from the mapping the caller passes in.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from gateway.errors import ConfigError, ConfigProblem
+
+T = TypeVar("T")
+
+AUTH_METHODS = ("api_key", "hmac")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
+               "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_PREFIX = re.compile(r"^/([A-Za-z0-9._~!$&'()*+,;=:@-]+/)*([A-Za-z0-9._~!$&'()*+,;=:@-]+)?$")
+_SCOPE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?$|^\*$")
+
+
+def parse_duration(value: object) -> float:
+    """'30s', '2m', '500ms', '1.5h', '30d' or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """'10MiB', '4KiB', '1GB' or a number of bytes -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (m := _SIZE.match(value)):
+        return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    raise ValueError("expected a size such as 4096, 64KiB or 10MiB")
+
+
+def normalise_prefix(prefix: str) -> str:
+    """'/vision/' and '/vision' both mean the subtree at /vision; '/' means everything."""
+    return prefix.rstrip("/") or "/"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    host: str = "0.0.0.0"  # the proxy listener is meant to be reachable
+    port: int = 8080
+    # Peers whose X-Forwarded-* headers are trusted and extended rather than replaced.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 9090
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    url: str = "embedded"
+    timeout: float = 1.0  # bound on every store call; past it the store counts as unavailable
+
+
+@dataclass(frozen=True, slots=True)
+class KeysConfig:
+    default_scopes: tuple[str, ...] = ()
+    cache_ttl: float = 30.0
+    negative_cache_ttl: float = 2.0
+    stale_if_error: float = 300.0
+    last_used_flush: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class HmacConfig:
+    clock_skew: float = 300.0
+    max_body_bytes: int = 10 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    prefix: str  # normalised: no trailing slash, "/" for the root
+    upstream: str  # scheme://host[:port][/base], no trailing slash
+    strip_prefix: bool = False
+    scopes: tuple[str, ...] = ()
+    auth: tuple[str, ...] = AUTH_METHODS
+    public: bool = False
+    timeout: float = 30.0  # waiting for upstream bytes: the response head, then between reads
+    connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str = "<defaults>"
+    listen: ListenConfig = ListenConfig()
+    admin: AdminConfig = AdminConfig()
+    redis: RedisConfig = RedisConfig()
+    keys: KeysConfig = KeysConfig()
+    hmac: HmacConfig = HmacConfig()
+    routes: tuple[RouteConfig, ...] = ()
+    data_dir: Path = Path(".gateway")
+    master_key: bytes | None = field(default=None, repr=False)
+
+
+class _Reader:
+    """Walks the parsed YAML, collecting every problem with its field path."""
+
+    def __init__(self) -> None:
+        self.problems: list[ConfigProblem] = []
+
+    def problem(self, path: str, reason: str) -> None:
+        self.problems.append(ConfigProblem(path, reason))
+
+    def section(self, data: Mapping[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
+        value = data.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(key, "expected a mapping")
+            return {}
+        self.unknown(value, key, allowed)
+        return value
+
+    def unknown(self, data: Mapping[str, Any], path: str, allowed: set[str]) -> None:
+        for key in data:
+            if key not in allowed:
+                where = f"{path}.{key}" if path else str(key)
+                expected = ", ".join(sorted(allowed))
+                self.problem(where, f"unknown field (expected one of: {expected})")
+
+    def get(self, data: Mapping[str, Any], key: str, path: str, convert: Callable[[Any], T],
+            default: T) -> T:
+        if key not in data or data[key] is None:
+            return default
+        try:
+            return convert(data[key])
+        except (ValueError, TypeError) as exc:
+            self.problem(path, str(exc))
+            return default
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError("expected a port number between 0 and 65535")
+    return value
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+def _scopes(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list of scopes")
+    for scope in value:
+        if not isinstance(scope, str) or not _SCOPE.match(scope):
+            raise ValueError(f"{scope!r} is not a scope name such as yc.ai.vision.execute")
+    return tuple(dict.fromkeys(value))
+
+
+def _networks(value: object) -> tuple[IPNetwork, ...]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list of addresses or CIDR networks")
+    try:
+        return tuple(ipaddress.ip_network(str(item), strict=False) for item in value)
+    except ValueError as exc:
+        raise ValueError(f"not an address or network: {exc}") from None
+
+
+def _redis_url(value: object) -> str:
+    url = _string(value)
+    if url != "embedded" and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("expected 'embedded' or a redis://, rediss:// or unix:// URL")
+    return url
+
+
+def _upstream(value: object) -> str:
+    url = _string(value)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or fragment")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return url.rstrip("/")
+
+
+def _prefix(value: object) -> str:
+    prefix = _string(value)
+    if not _PREFIX.match(prefix) or any(s in (".", "..") for s in prefix.split("/")):
+        raise ValueError("expected an absolute path such as /vision/ (no '..', '%', '//' or '?')")
+    return normalise_prefix(prefix)
+
+
+def _auth(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a non-empty list drawn from {list(AUTH_METHODS)}")
+    for method in value:
+        if method not in AUTH_METHODS:
+            raise ValueError(f"{method!r} is not one of {list(AUTH_METHODS)}")
+    return tuple(dict.fromkeys(value))
+
+
+_ROUTE_FIELDS = {"name", "prefix", "upstream", "strip_prefix", "scopes", "auth", "public",
+                 "timeout", "connect_timeout"}
+
+
+def _route(reader: _Reader, raw: object, path: str) -> RouteConfig | None:
+    if not isinstance(raw, dict):
+        reader.problem(path, "expected a mapping with name, prefix and upstream")
+        return None
+    reader.unknown(raw, path, _ROUTE_FIELDS)
+    before = len(reader.problems)
+    for required in ("name", "prefix", "upstream"):
+        if raw.get(required) is None:
+            reader.problem(f"{path}.{required}", "is required")
+    name = reader.get(raw, "name", f"{path}.name", _string, "")
+    if name and not _ROUTE_NAME.match(name):
+        reader.problem(f"{path}.name", "expected letters, digits, '.', '_' or '-'")
+    public = reader.get(raw, "public", f"{path}.public", _boolean, False)
+    no_scopes: tuple[str, ...] = ()
+    scopes = reader.get(raw, "scopes", f"{path}.scopes", _scopes, no_scopes)
+    if public and scopes:
+        reader.problem(f"{path}.scopes", "a public route takes no scopes")
+    route = RouteConfig(
+        name=name,
+        prefix=reader.get(raw, "prefix", f"{path}.prefix", _prefix, "/"),
+        upstream=reader.get(raw, "upstream", f"{path}.upstream", _upstream, ""),
+        strip_prefix=reader.get(raw, "strip_prefix", f"{path}.strip_prefix", _boolean, False),
+        scopes=scopes,
+        auth=reader.get(raw, "auth", f"{path}.auth", _auth, AUTH_METHODS),
+        public=public,
+        timeout=reader.get(raw, "timeout", f"{path}.timeout", _positive_duration, 30.0),
+        connect_timeout=reader.get(raw, "connect_timeout", f"{path}.connect_timeout",
+                                   _positive_duration, 5.0),
+    )
+    return route if len(reader.problems) == before else None
+
+
+def _routes(reader: _Reader, raw: object) -> tuple[RouteConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        reader.problem("routes", "expected a list of routes")
+        return ()
+    routes: list[RouteConfig] = []
+    names: dict[str, int] = {}
+    prefixes: dict[str, int] = {}
+    for index, item in enumerate(raw):
+        path = f"routes[{index}]"
+        route = _route(reader, item, path)
+        if route is None:
+            continue
+        if route.name in names:
+            reader.problem(f"{path}.name", f"duplicates routes[{names[route.name]}].name")
+        if route.prefix in prefixes:
+            reader.problem(f"{path}.prefix", f"duplicates routes[{prefixes[route.prefix]}].prefix")
+        names.setdefault(route.name, index)
+        prefixes.setdefault(route.prefix, index)
+        routes.append(route)
+    return tuple(routes)
+
+
+def _master_key(value: str) -> bytes:
+    text = value.strip()
+    try:
+        key = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4),
+                               validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not base64") from None
+    if len(key) != 32:
+        raise ValueError(f"must decode to 32 bytes, got {len(key)}")
+    return key
+
+
+# Instances holding each section's defaults (a slotted dataclass's class attribute is a slot
+# descriptor, not the default value).
+_LISTEN, _ADMIN, _REDIS, _KEYS, _HMAC = (ListenConfig(), AdminConfig(), RedisConfig(),
+                                         KeysConfig(), HmacConfig())
+
+
+def build_config(data: object, source: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate parsed YAML (plus environment overrides) into a Config, or raise ConfigError."""
+    env = env or {}
+    reader = _Reader()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [ConfigProblem("", "expected a mapping at the top level")])
+    reader.unknown(data, "", {"listen", "admin", "redis", "keys", "hmac", "routes", "data_dir"})
+
+    raw = reader.section(data, "listen", {"host", "port", "trusted_proxies"})
+    listen = ListenConfig(
+        host=reader.get(raw, "host", "listen.host", _string, _LISTEN.host),
+        port=reader.get(raw, "port", "listen.port", _port, _LISTEN.port),
+        trusted_proxies=reader.get(raw, "trusted_proxies", "listen.trusted_proxies",
+                                   _networks, ()),
+    )
+    raw = reader.section(data, "admin", {"host", "port", "token"})
+    admin = AdminConfig(
+        host=reader.get(raw, "host", "admin.host", _string, _ADMIN.host),
+        port=reader.get(raw, "port", "admin.port", _port, _ADMIN.port),
+        token=reader.get(raw, "token", "admin.token", _string, None),
+    )
+    raw = reader.section(data, "redis", {"url", "timeout"})
+    redis = RedisConfig(
+        url=reader.get(raw, "url", "redis.url", _redis_url, _REDIS.url),
+        timeout=reader.get(raw, "timeout", "redis.timeout", _positive_duration,
+                           _REDIS.timeout),
+    )
+    raw = reader.section(data, "keys", {"default_scopes", "cache_ttl", "negative_cache_ttl",
+                                        "stale_if_error", "last_used_flush"})
+    keys = KeysConfig(
+        default_scopes=reader.get(raw, "default_scopes", "keys.default_scopes", _scopes,
+                                  _KEYS.default_scopes),
+        cache_ttl=reader.get(raw, "cache_ttl", "keys.cache_ttl", parse_duration,
+                             _KEYS.cache_ttl),
+        negative_cache_ttl=reader.get(raw, "negative_cache_ttl", "keys.negative_cache_ttl",
+                                      parse_duration, _KEYS.negative_cache_ttl),
+        stale_if_error=reader.get(raw, "stale_if_error", "keys.stale_if_error",
+                                  parse_duration, _KEYS.stale_if_error),
+        last_used_flush=reader.get(raw, "last_used_flush", "keys.last_used_flush",
+                                   _positive_duration, _KEYS.last_used_flush),
+    )
+    raw = reader.section(data, "hmac", {"clock_skew", "max_body_bytes"})
+    hmac = HmacConfig(
+        clock_skew=reader.get(raw, "clock_skew", "hmac.clock_skew", _positive_duration,
+                              _HMAC.clock_skew),
+        max_body_bytes=reader.get(raw, "max_body_bytes", "hmac.max_body_bytes", parse_size,
+                                  _HMAC.max_body_bytes),
+    )
+    routes = _routes(reader, data.get("routes"))
+    data_dir = Path(reader.get(data, "data_dir", "data_dir", _string, ".gateway"))
+
+    # Environment overrides (SPEC §10) win over the file.
+    if "GATEWAY_REDIS_URL" in env:
+        redis = replace(redis, url=reader.get(env, "GATEWAY_REDIS_URL", "GATEWAY_REDIS_URL",
+                                              _redis_url, redis.url))
+    if env.get("GATEWAY_ADMIN_TOKEN"):
+        admin = replace(admin, token=env["GATEWAY_ADMIN_TOKEN"])
+    if env.get("GATEWAY_DATA_DIR"):
+        data_dir = Path(env["GATEWAY_DATA_DIR"])
+    master_key = None
+    if env.get("GATEWAY_MASTER_KEY"):
+        master_key = reader.get(env, "GATEWAY_MASTER_KEY", "GATEWAY_MASTER_KEY", _master_key,
+                                None)
+
+    if reader.problems:
+        raise ConfigError(source, reader.problems)
+    return Config(source=source, listen=listen, admin=admin, redis=redis, keys=keys, hmac=hmac,
+                  routes=routes, data_dir=data_dir, master_key=master_key)
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Load the file named by `path` (else GATEWAY_CONFIG; else built-in defaults)."""
+    env = env or {}
+    if path is None:
+        path = env.get("GATEWAY_CONFIG") or None
+    if path is None:
+        return build_config({}, "<defaults>", env)
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [ConfigProblem("", f"cannot read: {exc.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [ConfigProblem("", f"{where}invalid YAML: {reason}")]) from None
+    return build_config(data, source, env)

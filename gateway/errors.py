@@ -1,0 +1,77 @@
+"""The gateway's exceptions, in one small tree.
+
+    GatewayError
+    ├── ConfigError            a config file or override is invalid (names file, field, reason)
+    ├── StoreError             the key store (Redis) failed
+    │   └── StoreUnavailable   ...because it could not be reached in time
+    └── RequestRefused         a request the gateway answers itself (carries a SPEC §5 code)
+
+Third-party errors (redis, aiohttp client) are translated into this tree at the boundary where
+they happen. `RequestRefused` is turned into an HTTP response in exactly one place:
+`gateway.proxy.responses.error_response`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# SPEC §5: every code the gateway answers with, and its status.
+STATUS_BY_CODE: Mapping[str, int] = {
+    "bad_request": 400,
+    "missing_credentials": 401,
+    "invalid_credentials": 401,
+    "expired_key": 401,
+    "invalid_signature": 401,
+    "signature_expired": 401,
+    "replayed_request": 401,
+    "insufficient_scope": 403,
+    "account_disabled": 403,
+    "api_access_denied": 403,
+    "no_route": 404,
+    "body_too_large": 413,
+    "too_many_requests": 429,
+    "upstream_unavailable": 502,
+    "key_store_unavailable": 503,
+    "upstream_timeout": 504,
+}
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    path: str  # field path such as "routes[0].upstream"; "" for the whole document
+    reason: str
+
+
+class ConfigError(GatewayError):
+    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {p.path}: {p.reason}" if p.path else f"{source}: {p.reason}"
+                 for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class StoreError(GatewayError):
+    """The key store answered with an error, or not at all."""
+
+
+class StoreUnavailable(StoreError):
+    """The key store could not be reached (connection refused, timed out, went away)."""
+
+
+class RequestRefused(GatewayError):
+    """A request the gateway answers itself, with a SPEC §5 code."""
+
+    def __init__(self, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        if code not in STATUS_BY_CODE:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = STATUS_BY_CODE[code]
+        self.headers = headers or {}

@@ -1,0 +1,1 @@
+"""The proxy listener: route, (authenticate,) forward."""

@@ -1,0 +1,99 @@
+"""Header rewriting for both directions of the proxy (SPEC §6): pure functions.
+
+Inbound to the upstream: hop-by-hop headers (and any the client's `Connection` names) go, the
+credential goes, every `X-Auth-*` goes (the gateway alone speaks for the identity), the
+`X-Forwarded-*` set is rewritten. Outbound to the client: hop-by-hop headers go.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.config import IPNetwork
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+    "te", "trailer", "transfer-encoding", "upgrade",
+})
+CREDENTIAL_HEADERS = frozenset({"authorization", "signature", "signature-input"})
+# Rewritten by the gateway, so the client's copies never pass as they are. `Expect` is answered
+# by the gateway itself; `Host` becomes the upstream's own.
+_REWRITTEN = frozenset({
+    "host", "expect", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+    "forwarded",
+})
+_DROP_INBOUND = HOP_BY_HOP | CREDENTIAL_HEADERS | _REWRITTEN
+
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._~+/=:@-]{1,128}$")
+
+
+def request_id_from(client_value: str | None) -> str:
+    """The client's X-Request-Id when it is a sane token, else a fresh one."""
+    if client_value is not None and _SANE_REQUEST_ID.match(client_value):
+        return client_value
+    return secrets.token_hex(16)
+
+
+def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """Header names listed in `Connection`, which are hop-by-hop for this one message."""
+    values = headers.getall("Connection", ())
+    return frozenset(token.strip().lower() for value in values for token in value.split(","))
+
+
+def is_trusted(peer: str | None, trusted: Iterable[IPNetwork]) -> bool:
+    if not peer:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str],
+    *,
+    peer: str | None,
+    trusted_peer: bool,
+    scheme: str,
+    request_id: str,
+    identity: Mapping[str, str] | None = None,
+) -> CIMultiDict[str]:
+    """Headers to send upstream for one request."""
+    drop = _DROP_INBOUND
+    if "Connection" in incoming:
+        drop = drop | connection_tokens(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in drop or lower.startswith("x-auth-"):
+            continue
+        out.add(name, value)
+
+    host = incoming.get("Host", "")
+    client_for = incoming.get("X-Forwarded-For") if trusted_peer else None
+    out["X-Forwarded-For"] = f"{client_for}, {peer}" if client_for and peer else (peer or "")
+    out["X-Forwarded-Proto"] = (trusted_peer and incoming.get("X-Forwarded-Proto")) or scheme
+    out["X-Forwarded-Host"] = (trusted_peer and incoming.get("X-Forwarded-Host")) or host
+    out["X-Request-Id"] = request_id
+    if identity:
+        out.update(identity)
+    return out
+
+
+def client_response_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+    """Headers to send back to the client from an upstream response."""
+    drop = HOP_BY_HOP
+    if "Connection" in incoming:
+        drop = drop | connection_tokens(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    out["X-Request-Id"] = request_id
+    return out

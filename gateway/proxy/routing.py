@@ -1,0 +1,166 @@
+"""Path normalisation and route matching (SPEC §6): pure functions, no I/O.
+
+A path is routed on its normalised form: percent-encoded unreserved characters decoded,
+consecutive slashes merged, dot segments removed. A path that could be read two ways is refused
+rather than guessed at: an upstream or a naive matcher might read it differently from us. That
+covers encoded slashes and backslashes, NUL and control characters, and a `..` that climbs out of
+the prefix the request ends up routed to (`/vision/../functions/x`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.config import RouteConfig
+from gateway.errors import RequestRefused
+
+_HEX = "0123456789abcdefABCDEF"
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# RFC 3986 pchar minus '%' (handled apart) plus '/' as the separator.
+_PATH_CHARS = _UNRESERVED | frozenset("!$&'()*+,;=:@/")
+# Query characters we pass through verbatim; anything else (controls, space, non-ASCII,
+# '#', '"', '<', '>', '\\', ...) would need a second reading, so it is refused.
+_QUERY_CHARS = _PATH_CHARS | frozenset("?%[]")
+# Encodings that would change the path's structure once an upstream decodes them.
+_FORBIDDEN_ENCODED = {
+    "2F": "an encoded slash", "5C": "an encoded backslash", "00": "an encoded NUL",
+}
+MAX_TARGET_LENGTH = 8190
+
+
+def _refuse(reason: str) -> RequestRefused:
+    return RequestRefused("bad_request", reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    path: str  # normalised, still percent-encoded where it must be
+    query: str  # verbatim, without the '?'; "" when absent
+    # Depth the path was cut back to by the deepest-reaching `..`; None when it had none.
+    lowest_pop: int | None
+
+
+def _decode_unreserved(segment: str) -> str:
+    """Decode %XX where XX is unreserved; upper-case the rest; refuse structural encodings."""
+    if "%" not in segment:
+        return segment
+    out: list[str] = []
+    i = 0
+    n = len(segment)
+    while i < n:
+        ch = segment[i]
+        if ch != "%":
+            out.append(ch)
+            i += 1
+            continue
+        hex_pair = segment[i + 1:i + 3]
+        if len(hex_pair) != 2 or hex_pair[0] not in _HEX or hex_pair[1] not in _HEX:
+            raise _refuse("the path has a malformed percent-encoding")
+        upper = hex_pair.upper()
+        if upper in _FORBIDDEN_ENCODED:
+            raise _refuse(f"the path contains {_FORBIDDEN_ENCODED[upper]}")
+        decoded = chr(int(upper, 16))
+        if decoded in _UNRESERVED:
+            out.append(decoded)
+        elif int(upper, 16) < 0x20 or upper == "7F":
+            raise _refuse("the path contains an encoded control character")
+        else:
+            out.append("%" + upper)
+        i += 3
+    return "".join(out)
+
+
+def normalise_path(raw_path: str) -> tuple[str, int | None]:
+    """Return the normalised path and the lowest depth a `..` cut it back to (None if never)."""
+    if not raw_path.startswith("/"):
+        raise _refuse("the path must start with '/'")
+    for ch in raw_path:
+        if ch not in _PATH_CHARS and ch != "%":
+            if ch == "\\":
+                raise _refuse("the path contains a backslash")
+            raise _refuse("the path contains a character that is not allowed in a URL path")
+    stack: list[str] = []
+    lowest_pop: int | None = None
+    segments = raw_path.split("/")
+    trailing_slash = raw_path.endswith("/") or segments[-1] in (".", "..")
+    for raw_segment in segments[1:]:
+        segment = _decode_unreserved(raw_segment)
+        if segment in ("", "."):
+            continue  # empty segments merge ("//" -> "/"), as upstreams like nginx would
+        if segment == "..":
+            if not stack:
+                raise _refuse("the path climbs above the root with '..'")
+            stack.pop()
+            depth = len(stack)
+            lowest_pop = depth if lowest_pop is None else min(lowest_pop, depth)
+            continue
+        stack.append(segment)
+    path = "/" + "/".join(stack)
+    if trailing_slash and stack:
+        path += "/"
+    return path, lowest_pop
+
+
+def parse_target(raw_target: str) -> Target:
+    """Split an origin-form request target into its normalised path and its query."""
+    if len(raw_target) > MAX_TARGET_LENGTH:
+        raise _refuse("the request target is too long")
+    raw_path, sep, query = raw_target.partition("?")
+    if "#" in raw_target:
+        raise _refuse("the request target contains a fragment")
+    if sep:
+        for ch in query:
+            if ch not in _QUERY_CHARS:
+                raise _refuse("the query contains a character that is not allowed in a URL")
+    path, lowest_pop = normalise_path(raw_path)
+    return Target(path=path, query=query, lowest_pop=lowest_pop)
+
+
+def _depth(prefix: str) -> int:
+    return 0 if prefix == "/" else prefix.count("/")
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    route: RouteConfig
+    upstream_path: str  # the path to request from the upstream (prefix stripped, base joined)
+
+
+class RouteTable:
+    """Longest-prefix match over the configured routes, on segment boundaries."""
+
+    def __init__(self, routes: Iterable[RouteConfig]) -> None:
+        # Longest prefix first, so the first hit is the most specific route.
+        self._routes = sorted(routes, key=lambda r: len(r.prefix), reverse=True)
+        self._upstream_base = {r.name: _upstream_base(r.upstream) for r in self._routes}
+
+    def match(self, target: Target) -> Match:
+        path = target.path
+        for route in self._routes:
+            prefix = route.prefix
+            if prefix != "/" and not (path == prefix or path.startswith(prefix + "/")):
+                continue
+            if target.lowest_pop is not None and target.lowest_pop < _depth(prefix):
+                raise _refuse(f"the path uses '..' to reach route {route.name!r} from outside "
+                              "its prefix")
+            rest = path
+            if route.strip_prefix and prefix != "/":
+                rest = path[len(prefix):] or "/"
+            base = self._upstream_base[route.name]
+            return Match(route=route, upstream_path=base + rest if base else rest)
+        raise RequestRefused("no_route", "no route matches this path")
+
+
+def _upstream_base(upstream: str) -> str:
+    """The path part of an upstream URL, without a trailing slash ('' for none)."""
+    after_scheme = upstream.split("://", 1)[1]
+    slash = after_scheme.find("/")
+    return "" if slash < 0 else after_scheme[slash:].rstrip("/")
+
+
+def upstream_origin(upstream: str) -> str:
+    """scheme://host:port of an upstream URL."""
+    scheme, after_scheme = upstream.split("://", 1)
+    slash = after_scheme.find("/")
+    return f"{scheme}://{after_scheme if slash < 0 else after_scheme[:slash]}"

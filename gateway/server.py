@@ -1,0 +1,105 @@
+"""Process lifetime: start the store, the upstream pool and both listeners; stop them in order.
+
+`serve()` is the whole gateway as an async context manager, so tests run the real thing
+in-process on ephemeral ports and `run()` is a thin wrapper that waits for a signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import uvloop
+from aiohttp import web
+
+from gateway.admin.app import create_admin_app
+from gateway.config import Config
+from gateway.demo import start_demo_upstreams
+from gateway.proxy.forward import UpstreamPool
+from gateway.proxy.handler import ProxyHandler, ProxyState
+from gateway.store.client import Redis, connect
+from gateway.store.embedded import EmbeddedRedis
+
+log = logging.getLogger(__name__)
+
+# How long SIGTERM waits for requests in flight before closing their connections.
+DRAIN_TIMEOUT = 30.0
+# Largest request line and header field the proxy listener parses (aiohttp's defaults).
+MAX_LINE_SIZE = 8190
+MAX_FIELD_SIZE = 8190
+
+
+@dataclass(frozen=True, slots=True)
+class RunningGateway:
+    proxy_port: int
+    admin_port: int
+    redis_url: str
+    redis: Redis
+    handler: ProxyHandler
+
+
+def _bound_port(runner: web.BaseRunner) -> int:
+    return int(runner.addresses[0][1])
+
+
+@asynccontextmanager
+async def serve(config: Config, *, demo_upstreams: bool = False) -> AsyncIterator[RunningGateway]:
+    async with AsyncExitStack() as stack:
+        redis_url = config.redis.url
+        if redis_url == "embedded":
+            embedded = EmbeddedRedis(config.data_dir)
+            redis_url = await asyncio.to_thread(embedded.start)
+            stack.push_async_callback(asyncio.to_thread, embedded.stop)
+
+        redis = connect(redis_url, config.redis.timeout)
+        stack.push_async_callback(redis.aclose)
+
+        if demo_upstreams:
+            for runner in await start_demo_upstreams():
+                stack.push_async_callback(runner.cleanup)
+
+        pool = UpstreamPool()
+        await pool.start()
+        stack.push_async_callback(pool.close)
+
+        handler = ProxyHandler(ProxyState.from_config(config), pool)
+        proxy_runner = web.ServerRunner(
+            web.Server(handler, access_log=None, max_line_size=MAX_LINE_SIZE,
+                       max_field_size=MAX_FIELD_SIZE),
+            shutdown_timeout=DRAIN_TIMEOUT,
+        )
+        await proxy_runner.setup()
+        stack.push_async_callback(proxy_runner.cleanup)
+        await web.TCPSite(proxy_runner, config.listen.host, config.listen.port).start()
+
+        admin_runner = web.AppRunner(create_admin_app(redis, lambda: handler.state.config),
+                                     access_log=None)
+        await admin_runner.setup()
+        stack.push_async_callback(admin_runner.cleanup)
+        await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
+
+        yield RunningGateway(proxy_port=_bound_port(proxy_runner),
+                             admin_port=_bound_port(admin_runner), redis_url=redis_url,
+                             redis=redis, handler=handler)
+
+
+async def _main(config: Config, demo_upstreams: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with serve(config, demo_upstreams=demo_upstreams) as running:
+        log.info("gateway listening on http://%s:%d (admin on http://%s:%d), key store %s",
+                 config.listen.host, running.proxy_port, config.admin.host, running.admin_port,
+                 "embedded" if config.redis.url == "embedded" else "external")
+        await stop.wait()
+        log.info("stopping: draining requests in flight")
+    log.info("stopped")
+
+
+def run(config: Config, *, demo_upstreams: bool = False) -> None:
+    uvloop.run(_main(config, demo_upstreams))

@@ -1,0 +1,1 @@
+"""The Redis boundary: connecting (embedded or external) and translating Redis errors."""
