@@ -20,11 +20,12 @@ async def echo(request: web.Request) -> web.Response:
     async for chunk in request.content.iter_any():
         digest.update(chunk)
         size += len(chunk)
+    path, _, query = request.raw_path.partition("?")
     return web.json_response({
         "service": request.app[SERVICE_KEY],
         "method": request.method,
-        "path": request.raw_path.partition("?")[0],
-        "query": request.query_string,
+        "path": path,  # as it arrived on the wire, not decoded
+        "query": query,
         "headers": _headers(request),
         "body_bytes": size,
         "body_sha256": digest.hexdigest(),

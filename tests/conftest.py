@@ -1,0 +1,129 @@
+"""Shared fixtures: a real Redis, real upstream servers, the real gateway on ephemeral ports."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aiohttp
+import pytest
+import uvloop
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.config import Config, build_config
+from gateway.demo import create_demo_app
+from gateway.server import RunningGateway, serve
+from tests.support.redis_server import RedisServer
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+    # The gateway runs on uvloop in production, so the tests do too.
+    return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real Redis for the session; tests that stop it use `own_redis` instead."""
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_clean(redis_server: RedisServer) -> RedisServer:
+    redis_server.flush()
+    return redis_server
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of this test's own, free to be stopped and restarted."""
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[TestServer]:
+    """The demo echo upstream on an ephemeral port."""
+    server = TestServer(create_demo_app("echo"))
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def serve_app() -> AsyncIterator[Callable[[web.Application], Awaitable[TestServer]]]:
+    """Start any aiohttp app as a real upstream server."""
+    servers: list[TestServer] = []
+
+    async def start(app: web.Application) -> TestServer:
+        server = TestServer(app)
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+def make_config(redis_url: str, routes: list[dict[str, Any]], **sections: Any) -> Config:
+    data: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "redis": {"url": redis_url, "timeout": "0.5s"},
+        "routes": routes,
+    }
+    data.update(sections)
+    return build_config(data, "<test>")
+
+
+class GatewayUnderTest:
+    def __init__(self, running: RunningGateway) -> None:
+        self.running = running
+        self.url = f"http://127.0.0.1:{running.proxy_port}"
+        self.admin_url = f"http://127.0.0.1:{running.admin_port}"
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[Callable[[Config], Awaitable[GatewayUnderTest]]]:
+    """Run the real gateway in this event loop on ephemeral ports."""
+    async with AsyncExitStack() as stack:
+
+        async def start(config: Config) -> GatewayUnderTest:
+            running = await stack.enter_async_context(serve(config))
+            return GatewayUnderTest(running)
+
+        yield start
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+async def raw_request(port: int, data: bytes, wait: float = 5.0) -> bytes:
+    """Send raw bytes to 127.0.0.1:port and read until the server closes or answers fully."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(_read_response(reader), wait)
+    finally:
+        writer.close()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    body = await reader.readexactly(length) if length else b""
+    return head + body

