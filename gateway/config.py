@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -46,8 +47,8 @@ def parse_duration(value: object) -> float:
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     else:
         raise ValueError("expected a duration such as 30s, 5m or 1h")
-    if seconds < 0:
-        raise ValueError("must not be negative")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("must be a finite, non-negative duration")
     return seconds
 
 

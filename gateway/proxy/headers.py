@@ -29,12 +29,12 @@ _REWRITTEN = frozenset({
 })
 _DROP_INBOUND = HOP_BY_HOP | CREDENTIAL_HEADERS | _REWRITTEN
 
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._~+/=:@-]{1,128}$")
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._~+/=:@-]{1,128}")
 
 
 def request_id_from(client_value: str | None) -> str:
     """The client's X-Request-Id when it is a sane token, else a fresh one."""
-    if client_value is not None and _SANE_REQUEST_ID.match(client_value):
+    if client_value is not None and _SANE_REQUEST_ID.fullmatch(client_value):
         return client_value
     return secrets.token_hex(16)
 
@@ -52,6 +52,9 @@ def is_trusted(peer: str | None, trusted: Iterable[IPNetwork]) -> bool:
         address = ipaddress.ip_address(peer)
     except ValueError:
         return False
+    # A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     return any(address in network for network in trusted)
 
 
@@ -76,7 +79,8 @@ def upstream_request_headers(
         out.add(name, value)
 
     host = incoming.get("Host", "")
-    client_for = incoming.get("X-Forwarded-For") if trusted_peer else None
+    # Repeated X-Forwarded-For fields form one list (RFC 9110 §5.3): keep every hop.
+    client_for = ", ".join(incoming.getall("X-Forwarded-For", ())) if trusted_peer else None
     out["X-Forwarded-For"] = f"{client_for}, {peer}" if client_for and peer else (peer or "")
     out["X-Forwarded-Proto"] = (trusted_peer and incoming.get("X-Forwarded-Proto")) or scheme
     out["X-Forwarded-Host"] = (trusted_peer and incoming.get("X-Forwarded-Host")) or host

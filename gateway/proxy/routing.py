@@ -82,10 +82,10 @@ def normalise_path(raw_path: str) -> tuple[str, int | None]:
             raise _refuse("the path contains a character that is not allowed in a URL path")
     stack: list[str] = []
     lowest_pop: int | None = None
-    segments = raw_path.split("/")
-    trailing_slash = raw_path.endswith("/") or segments[-1] in (".", "..")
-    for raw_segment in segments[1:]:
-        segment = _decode_unreserved(raw_segment)
+    segments = [_decode_unreserved(s) for s in raw_path.split("/")]
+    # RFC 3986 §5.2.4: a path ending in a dot segment keeps its final slash.
+    trailing_slash = segments[-1] in ("", ".", "..")
+    for segment in segments[1:]:
         if segment in ("", "."):
             continue  # empty segments merge ("//" -> "/"), as upstreams like nginx would
         if segment == "..":

@@ -69,8 +69,6 @@ def test_normalise_path(raw: str, expected: str) -> None:
     assert path == expected
 
 
-@pytest.mark.xfail(strict=True, reason="an encoded final dot segment loses its trailing slash, "
-                   "unlike the same path written with literal dots (RFC 3986 §5.2.4)")
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
