@@ -15,4 +15,4 @@ EXPOSE 8080 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9090/healthz', timeout=2)"
 ENTRYPOINT ["gateway", "run"]
-CMD ["--config", "/app/config/gateway.example.yaml", "--demo-upstreams"]
+CMD ["--config", "/app/config/gateway.example.yaml", "--demo"]

@@ -61,6 +61,11 @@ def parse_size(value: object) -> int:
     raise ValueError("expected a size such as 4096, 64KiB or 10MiB")
 
 
+def is_scope_name(scope: object) -> bool:
+    """`yc.ai.vision.execute`, a prefix wildcard `yc.ai.*`, or `*` for everything."""
+    return isinstance(scope, str) and _SCOPE.match(scope) is not None
+
+
 def normalise_prefix(prefix: str) -> str:
     """'/vision/' and '/vision' both mean the subtree at /vision; '/' means everything."""
     return prefix.rstrip("/") or "/"
@@ -194,7 +199,7 @@ def _scopes(value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError("expected a list of scopes")
     for scope in value:
-        if not isinstance(scope, str) or not _SCOPE.match(scope):
+        if not is_scope_name(scope):
             raise ValueError(f"{scope!r} is not a scope name such as yc.ai.vision.execute")
     return tuple(dict.fromkeys(value))
 

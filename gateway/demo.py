@@ -1,14 +1,22 @@
-"""Demo upstreams standing in for the internal services (functions, speech, vision, translate).
+"""The demo behind `gateway run --demo`: upstreams standing in for the internal services
+(functions, speech, vision, translate), and a demo account with an API key.
 
-Each answers every request with JSON echoing what it received (method, path, query, headers and a
-SHA-256 of the body, read in a streaming way), so the quick start shows what the gateway forwards.
+Each upstream answers every request with JSON echoing what it received (method, path, query,
+headers and a SHA-256 of the body, read in a streaming way), so the quick start shows what the
+gateway forwards. The demo key is created on the first start only and kept in the store; its
+secret is printed that once, like any secret.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 
 from aiohttp import web
+
+from gateway.config import Config
+from gateway.keys.service import KeyService
+from gateway.keys.store import KeyStore
 
 DEMO_SERVICES = {"functions": 9101, "speech": 9102, "vision": 9103, "translate": 9104}
 SERVICE_KEY = web.AppKey("service", str)
@@ -56,3 +64,33 @@ async def start_demo_upstreams(host: str = "127.0.0.1",
         await web.TCPSite(runner, host, port).start()
         runners.append(runner)
     return runners
+
+
+async def ensure_demo_key(store: KeyStore, config: Config) -> None:
+    """Create the demo account and key on the first start; say where it is on later ones."""
+    key_id = await store.demo_key_id()
+    existing = await store.get_key(key_id) if key_id is not None else None
+    if existing is not None:
+        _say(f"Demo API key {existing.id} was created on the first start; its secret was shown "
+             "then and is not stored. For a new one:\n"
+             f"  gateway keys create --account {existing.account_id} --scope 'yc.*'")
+        return
+    service = KeyService(store, default_scopes=config.keys.default_scopes)
+    account = await service.create_account("demo")
+    scopes = sorted({scope for route in config.routes for scope in route.scopes})
+    key, secret = await service.create_key(account_id=account.id, scopes=scopes,
+                                           description="created by `gateway run --demo`")
+    await store.set_demo_key_id(key.id)
+    route = next((r for r in config.routes if r.prefix.startswith("/vision")),
+                 config.routes[0] if config.routes else None)
+    path = (route.prefix.rstrip("/") if route else "") + "/any/path?x=1"
+    _say(f"Created demo account {account.id} and API key {key.id} "
+         f"(scopes: {' '.join(scopes) or 'none'}).\n"
+         "Its secret is shown now and never again:\n\n"
+         f"  curl -H 'Authorization: Api-Key {secret}' "
+         f"'http://localhost:{config.listen.port}{path}'\n")
+
+
+def _say(text: str) -> None:
+    # The operator's terminal, not the log: a secret is shown once and never logged.
+    print(text, file=sys.stdout, flush=True)

@@ -4,7 +4,11 @@
     ├── ConfigError            a config file or override is invalid (names file, field, reason)
     ├── StoreError             the key store (Redis) failed
     │   └── StoreUnavailable   ...because it could not be reached in time
-    └── RequestRefused         a request the gateway answers itself (carries a SPEC §5 code)
+    ├── RequestRefused         a request the gateway answers itself (carries a SPEC §5 code)
+    └── ServiceError           a management operation was refused (CLI, admin API, web page)
+        ├── NotFound           no account or key with that id
+        ├── Conflict           the operation contradicts the current state
+        └── InvalidRequest     the operation's input is wrong (names the field)
 
 Third-party errors (redis, aiohttp client) are translated into this tree at the boundary where
 they happen. `RequestRefused` is turned into an HTTP response in exactly one place:
@@ -75,3 +79,21 @@ class RequestRefused(GatewayError):
         self.message = message
         self.status = STATUS_BY_CODE[code]
         self.headers = headers or {}
+
+
+class ServiceError(GatewayError):
+    """A management operation that cannot be done; the message is for the operator."""
+
+
+class NotFound(ServiceError):
+    pass
+
+
+class Conflict(ServiceError):
+    pass
+
+
+class InvalidRequest(ServiceError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field

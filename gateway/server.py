@@ -7,6 +7,7 @@ in-process on ephemeral ports and `run()` is a thin wrapper that waits for a sig
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -17,12 +18,15 @@ import uvloop
 from aiohttp import web
 
 from gateway.admin.app import create_admin_app
+from gateway.auth.authenticator import Authenticator
 from gateway.config import Config
-from gateway.demo import start_demo_upstreams
+from gateway.demo import ensure_demo_key, start_demo_upstreams
+from gateway.keys.cache import InvalidationListener, KeyCache
+from gateway.keys.store import KeyStore
+from gateway.keys.usage import UsageRecorder
 from gateway.proxy.forward import UpstreamPool
 from gateway.proxy.handler import ProxyHandler, ProxyState
-from gateway.store.client import Redis, connect
-from gateway.store.embedded import EmbeddedRedis
+from gateway.store.client import Redis, open_redis
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,9 @@ class RunningGateway:
     redis_url: str
     redis: Redis
     handler: ProxyHandler
+    cache: KeyCache
+    usage: UsageRecorder
+    listener: InvalidationListener
 
 
 def _bound_port(runner: web.BaseRunner) -> int:
@@ -47,26 +54,32 @@ def _bound_port(runner: web.BaseRunner) -> int:
 
 
 @asynccontextmanager
-async def serve(config: Config, *, demo_upstreams: bool = False) -> AsyncIterator[RunningGateway]:
+async def serve(config: Config, *, demo: bool = False) -> AsyncIterator[RunningGateway]:
+    # Started in order, stopped in reverse: requests drain first, then last-use data is
+    # flushed, then the store goes away.
     async with AsyncExitStack() as stack:
-        redis_url = config.redis.url
-        if redis_url == "embedded":
-            embedded = EmbeddedRedis(config.data_dir)
-            redis_url = await asyncio.to_thread(embedded.start)
-            stack.push_async_callback(asyncio.to_thread, embedded.stop)
+        redis, redis_url = await stack.enter_async_context(open_redis(config))
+        store = KeyStore(redis)
 
-        redis = connect(redis_url, config.redis.timeout)
-        stack.push_async_callback(redis.aclose)
+        cache = KeyCache(store, config.keys)
+        listener = InvalidationListener(redis, cache)
+        listener_task = asyncio.ensure_future(listener.run())
+        stack.push_async_callback(_cancel, listener_task)
 
-        if demo_upstreams:
+        usage = UsageRecorder(store, config.keys.last_used_flush)
+        usage.start()
+        stack.push_async_callback(usage.close)
+
+        if demo:
             for runner in await start_demo_upstreams():
                 stack.push_async_callback(runner.cleanup)
+            await ensure_demo_key(store, config)
 
         pool = UpstreamPool()
         await pool.start()
         stack.push_async_callback(pool.close)
 
-        handler = ProxyHandler(ProxyState.from_config(config), pool)
+        handler = ProxyHandler(ProxyState.from_config(config), pool, Authenticator(cache, usage))
         proxy_runner = web.ServerRunner(
             web.Server(handler, access_log=None, max_line_size=MAX_LINE_SIZE,
                        max_field_size=MAX_FIELD_SIZE),
@@ -84,15 +97,22 @@ async def serve(config: Config, *, demo_upstreams: bool = False) -> AsyncIterato
 
         yield RunningGateway(proxy_port=_bound_port(proxy_runner),
                              admin_port=_bound_port(admin_runner), redis_url=redis_url,
-                             redis=redis, handler=handler)
+                             redis=redis, handler=handler, cache=cache, usage=usage,
+                             listener=listener)
 
 
-async def _main(config: Config, demo_upstreams: bool) -> None:
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _main(config: Config, demo: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with serve(config, demo_upstreams=demo_upstreams) as running:
+    async with serve(config, demo=demo) as running:
         log.info("gateway listening on http://%s:%d (admin on http://%s:%d), key store %s",
                  config.listen.host, running.proxy_port, config.admin.host, running.admin_port,
                  "embedded" if config.redis.url == "embedded" else "external")
@@ -101,5 +121,5 @@ async def _main(config: Config, demo_upstreams: bool) -> None:
     log.info("stopped")
 
 
-def run(config: Config, *, demo_upstreams: bool = False) -> None:
-    uvloop.run(_main(config, demo_upstreams))
+def run(config: Config, *, demo: bool = False) -> None:
+    uvloop.run(_main(config, demo))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from yarl import URL
 
+from gateway.auth.authenticator import Authenticator
 from gateway.config import Config
 from gateway.errors import RequestRefused
 from gateway.proxy.forward import UpstreamPool, UpstreamRequest, forward
@@ -41,9 +42,11 @@ class ProxyState:
 
 
 class ProxyHandler:
-    def __init__(self, state: ProxyState, pool: UpstreamPool) -> None:
+    def __init__(self, state: ProxyState, pool: UpstreamPool,
+                 authenticator: Authenticator) -> None:
         self.state = state
         self.pool = pool
+        self.authenticator = authenticator
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         state = self.state
@@ -52,6 +55,9 @@ class ProxyHandler:
             target = parse_target(request.raw_path)
             match = state.routes.match(target)
             route = match.route
+            identity = None
+            if not route.public:
+                identity = await self.authenticator.authenticate(request.headers, route)
             peer = request.remote
             headers = upstream_request_headers(
                 request.headers,
@@ -59,6 +65,7 @@ class ProxyHandler:
                 trusted_peer=is_trusted(peer, state.config.listen.trusted_proxies),
                 scheme=request.scheme,
                 request_id=request_id,
+                identity=identity,
             )
             url_text = state.origins[route.name] + match.upstream_path
             if target.query:

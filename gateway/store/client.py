@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from gateway.config import Config
 from gateway.errors import StoreError, StoreUnavailable
+from gateway.store.embedded import EmbeddedRedis
 
 Redis = aioredis.Redis
 
@@ -38,3 +41,22 @@ def store_errors() -> Iterator[None]:
         raise StoreUnavailable(f"key store unavailable: {exc.__class__.__name__}") from exc
     except redis_errors.RedisError as exc:
         raise StoreError(f"key store error: {exc.__class__.__name__}: {exc}") from exc
+
+
+@asynccontextmanager
+async def open_redis(config: Config) -> AsyncIterator[tuple[Redis, str]]:
+    """The configured store, for as long as the block runs: the embedded server is started (or
+    joined, when a gateway already runs it) first and stopped after, if this process started it.
+    Yields the client and the URL it reached."""
+    embedded = None
+    url = config.redis.url
+    if url == "embedded":
+        embedded = EmbeddedRedis(config.data_dir)
+        url = await asyncio.to_thread(embedded.start)
+    redis = connect(url, config.redis.timeout)
+    try:
+        yield redis, url
+    finally:
+        await redis.aclose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)

@@ -11,6 +11,8 @@ import click
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, GatewayError
 
+from . import manage
+
 CONFIG_HELP = "YAML config file (default: $GATEWAY_CONFIG, else built-in defaults)."
 
 
@@ -29,12 +31,13 @@ def main() -> None:
 
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
-@click.option("--demo-upstreams", is_flag=True,
-              help="Also serve the demo upstreams (functions, speech, vision, translate) "
-                   "on 127.0.0.1:9101-9104, as config/gateway.example.yaml expects.")
+@click.option("--demo", is_flag=True,
+              help="Also serve the demo upstreams (functions, speech, vision, translate) on "
+                   "127.0.0.1:9101-9104, as config/gateway.example.yaml expects, and create a "
+                   "demo account and API key on the first start.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def run(config_path: str | None, demo_upstreams: bool, log_level: str) -> None:
+def run(config_path: str | None, demo: bool, log_level: str) -> None:
     """Run the gateway."""
     from gateway.server import run as run_server  # deferred: keeps `--help` fast
 
@@ -42,7 +45,7 @@ def run(config_path: str | None, demo_upstreams: bool, log_level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = _load(config_path)
     try:
-        run_server(config, demo_upstreams=demo_upstreams)
+        run_server(config, demo=demo)
     except GatewayError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # e.g. the port is taken
@@ -60,3 +63,7 @@ def config_check(path: str) -> None:
     """Validate a config file; print every problem with its field path."""
     config = _load(path)
     click.echo(f"{path}: OK ({len(config.routes)} routes)")
+
+
+main.add_command(manage.accounts)
+main.add_command(manage.keys)

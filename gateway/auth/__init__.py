@@ -1,0 +1,1 @@
+"""Credentials: parsing and checking them (pure), and the decision that follows."""

@@ -1,0 +1,281 @@
+"""The per-worker key cache (SPEC §7).
+
+- A warm request costs no Redis round trip: records are served from memory while fresh.
+- Freshness ends after `keys.cache_ttl`, on an invalidation message for the key or its account,
+  and for everything at once whenever the invalidation subscription was lost or re-established
+  (messages may have been missed), so no revocation is ever served from memory.
+- Unknown secrets are cached negatively for `keys.negative_cache_ttl`, in a bounded table.
+- Concurrent misses for the same record share one store lookup.
+- While the store is unreachable, records already cached keep serving for
+  `keys.stale_if_error` from the first failure; anything else raises StoreUnavailable. The store
+  is then probed at most every PROBE_INTERVAL rather than by every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import orjson
+
+from gateway.config import KeysConfig
+from gateway.errors import StoreUnavailable
+from gateway.keys.model import Account, KeyRecord
+from gateway.keys.store import EVENTS, KeyStore
+from gateway.store.client import Redis
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_ENTRIES = 100_000
+MAX_NEGATIVE = 10_000
+PROBE_INTERVAL = 0.5
+_NEVER = float("-inf")
+
+
+@dataclass(slots=True)
+class _Entry(Generic[T]):
+    value: T
+    fresh_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    hits: int
+    misses: int
+    negative_hits: int
+    stale_serves: int
+
+
+class KeyCache:
+    def __init__(self, store: KeyStore, config: KeysConfig,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self._keys: OrderedDict[str, _Entry[KeyRecord]] = OrderedDict()  # by secret hash
+        self._hashes_of_key: dict[str, set[str]] = {}  # key id -> secret hashes cached
+        self._accounts: OrderedDict[str, _Entry[Account | None]] = OrderedDict()
+        self._negative: OrderedDict[str, float] = OrderedDict()  # secret hash -> until
+        self._inflight: dict[str, asyncio.Task[object]] = {}
+        self._changes = 0  # bumped by every invalidation; loads that straddle one are not kept
+        self._down_since: float | None = None
+        self._probe_at = _NEVER
+        self.hits = self.misses = self.negative_hits = self.stale_serves = 0
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    async def api_key(self, secret_hash: str) -> tuple[KeyRecord | None, Account | None]:
+        """The key holding this secret and its account; (None, None) when unknown."""
+        now = self.clock()
+        entry = self._keys.get(secret_hash)
+        if entry is not None and now < entry.fresh_until:
+            self.hits += 1
+            key: KeyRecord | None = entry.value
+        else:
+            until = self._negative.get(secret_hash)
+            if entry is None and until is not None and now < until:
+                self.negative_hits += 1
+                return None, None
+            self.misses += 1
+            try:
+                key, cacheable = await self._load("s:" + secret_hash,
+                                                  lambda: self._fetch_key(secret_hash))
+            except StoreUnavailable:
+                if entry is None or not self._may_serve_stale(now):
+                    raise
+                self.stale_serves += 1
+                key = entry.value
+            else:
+                if cacheable:
+                    self._remember_key(secret_hash, key)
+        if key is None:
+            return None, None
+        return key, await self._account(key.account_id)
+
+    async def _account(self, account_id: str) -> Account | None:
+        now = self.clock()
+        entry = self._accounts.get(account_id)
+        if entry is not None and now < entry.fresh_until:
+            return entry.value
+        try:
+            account, cacheable = await self._load("a:" + account_id,
+                                                  lambda: self.store.get_account(account_id))
+        except StoreUnavailable:
+            if entry is None or not self._may_serve_stale(now):
+                raise
+            self.stale_serves += 1
+            return entry.value
+        if cacheable:
+            self._accounts[account_id] = _Entry(account, self.clock() + self.config.cache_ttl)
+            self._accounts.move_to_end(account_id)
+            self._bound(self._accounts, MAX_ENTRIES)
+        return account
+
+    async def _fetch_key(self, secret_hash: str) -> KeyRecord | None:
+        key_id = await self.store.key_id_for_secret(secret_hash)
+        return await self.store.get_key(key_id) if key_id is not None else None
+
+    async def _load(self, token: str, fetch: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """One store lookup per token at a time; callers share it. Gated while the store is
+        known to be down, so an outage costs one probe per interval, not one per request.
+        Returns the value and whether it may be cached (no invalidation arrived meanwhile)."""
+        task = self._inflight.get(token)
+        if task is None:
+            if self._down_since is not None and self.clock() < self._probe_at:
+                raise StoreUnavailable("key store unavailable (waiting to probe again)")
+            task = asyncio.ensure_future(self._guarded(fetch, self._changes))
+            self._inflight[token] = task
+            task.add_done_callback(lambda _: self._inflight.pop(token, None))
+        # Shielded: a client that goes away must not cancel the lookup others are waiting on.
+        result = await asyncio.shield(task)
+        return result  # type: ignore[return-value]
+
+    async def _guarded(self, fetch: Callable[[], Awaitable[T]],
+                       changes_before: int) -> tuple[T, bool]:
+        try:
+            value = await fetch()
+        except StoreUnavailable:
+            now = self.clock()
+            if self._down_since is None:
+                self._down_since = now
+                log.warning("key store unavailable; serving cached keys for up to %.0fs",
+                            self.config.stale_if_error)
+            self._probe_at = now + PROBE_INTERVAL
+            raise
+        if self._down_since is not None:
+            log.info("key store reachable again")
+        self._down_since = None
+        # An invalidation that arrived while we were reading may postdate what we read.
+        return value, self._changes == changes_before
+
+    def _may_serve_stale(self, now: float) -> bool:
+        return self._down_since is not None and now - self._down_since < self.config.stale_if_error
+
+    def _remember_key(self, secret_hash: str, key: KeyRecord | None) -> None:
+        if key is None:
+            self._negative[secret_hash] = self.clock() + self.config.negative_cache_ttl
+            self._negative.move_to_end(secret_hash)
+            self._bound(self._negative, MAX_NEGATIVE)
+            self._forget_hash(secret_hash)
+            return
+        self._negative.pop(secret_hash, None)
+        self._keys[secret_hash] = _Entry(key, self.clock() + self.config.cache_ttl)
+        self._keys.move_to_end(secret_hash)
+        self._hashes_of_key.setdefault(key.id, set()).add(secret_hash)
+        while len(self._keys) > MAX_ENTRIES:
+            evicted_hash, evicted = self._keys.popitem(last=False)
+            self._unindex(evicted.value.id, evicted_hash)
+
+    def _forget_hash(self, secret_hash: str) -> None:
+        entry = self._keys.pop(secret_hash, None)
+        if entry is not None:
+            self._unindex(entry.value.id, secret_hash)
+
+    def _unindex(self, key_id: str, secret_hash: str) -> None:
+        hashes = self._hashes_of_key.get(key_id)
+        if hashes is not None:
+            hashes.discard(secret_hash)
+            if not hashes:
+                del self._hashes_of_key[key_id]
+
+    @staticmethod
+    def _bound(table: OrderedDict[str, T], limit: int) -> None:
+        while len(table) > limit:
+            table.popitem(last=False)
+
+    # -- invalidation --------------------------------------------------------------------------
+
+    def invalidate_key(self, key_id: str) -> None:
+        """The key changed: forget it outright. Not even a store outage may bring back a
+        record we know to be out of date (a deleted key must never be served stale)."""
+        self._changes += 1
+        for secret_hash in list(self._hashes_of_key.get(key_id, ())):
+            self._forget_hash(secret_hash)
+
+    def invalidate_account(self, account_id: str) -> None:
+        self._changes += 1
+        self._accounts.pop(account_id, None)
+
+    def drop_all(self) -> None:
+        """Invalidation messages may have been missed: trust nothing cached without a re-read.
+        Records stay only as a fallback for a store that cannot be reached (stale-if-error)."""
+        self._changes += 1
+        for key_entry in self._keys.values():
+            key_entry.fresh_until = _NEVER
+        for account_entry in self._accounts.values():
+            account_entry.fresh_until = _NEVER
+        self._negative.clear()
+
+    def handle_event(self, payload: bytes) -> None:
+        try:
+            event = orjson.loads(payload)
+            kind, ident = event["kind"], event["id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("ignoring malformed invalidation message")
+            return
+        if kind == "key":
+            self.invalidate_key(ident)
+        elif kind == "account":
+            self.invalidate_account(ident)
+
+    def stats(self) -> CacheStats:
+        return CacheStats(self.hits, self.misses, self.negative_hits, self.stale_serves)
+
+
+class InvalidationListener:
+    """Follows the invalidation channel; any gap in the subscription drops the cache."""
+
+    RETRY_MIN = 0.05
+    RETRY_MAX = 1.0
+
+    def __init__(self, redis: Redis, cache: KeyCache) -> None:
+        self.redis = redis
+        self.cache = cache
+        self.subscribed = asyncio.Event()
+
+    def _on_connect(self, connection: object) -> None:
+        # Called by redis-py on every (re)connect of the subscription, including the silent
+        # reconnects it performs by itself: whatever was published meanwhile is unknown.
+        self.cache.drop_all()
+
+    async def run(self) -> None:
+        delay = self.RETRY_MIN
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(EVENTS)
+                assert pubsub.connection is not None
+                pubsub.connection.register_connect_callback(self._on_connect)
+                self.cache.drop_all()
+                self.subscribed.set()
+                delay = self.RETRY_MIN
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self.cache.handle_event(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure means the subscription has a gap
+                if self.subscribed.is_set():
+                    log.warning("invalidation subscription lost (%s); cache dropped",
+                                exc.__class__.__name__)
+                self.subscribed.clear()
+                self.cache.drop_all()
+            finally:
+                await _close_quietly(pubsub)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.RETRY_MAX)
+
+
+async def _close_quietly(pubsub: object) -> None:
+    # Closing a broken connection may fail too; there is nothing left to do about it.
+    with contextlib.suppress(Exception):
+        await pubsub.aclose()  # type: ignore[attr-defined]
