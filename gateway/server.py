@@ -7,7 +7,6 @@ in-process on ephemeral ports and `run()` is a thin wrapper that waits for a sig
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -63,8 +62,8 @@ async def serve(config: Config, *, demo: bool = False) -> AsyncIterator[RunningG
 
         cache = KeyCache(store, config.keys)
         listener = InvalidationListener(redis, cache)
-        listener_task = asyncio.ensure_future(listener.run())
-        stack.push_async_callback(_cancel, listener_task)
+        listener.start()
+        stack.push_async_callback(listener.stop)
 
         usage = UsageRecorder(store, config.keys.last_used_flush)
         usage.start()
@@ -99,12 +98,6 @@ async def serve(config: Config, *, demo: bool = False) -> AsyncIterator[RunningG
                              admin_port=_bound_port(admin_runner), redis_url=redis_url,
                              redis=redis, handler=handler, cache=cache, usage=usage,
                              listener=listener)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def _main(config: Config, demo: bool) -> None:

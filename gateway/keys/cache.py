@@ -234,20 +234,37 @@ class InvalidationListener:
 
     RETRY_MIN = 0.05
     RETRY_MAX = 1.0
+    # How long one wait for a message lasts; also the longest a stop() waits for the loop.
+    POLL = 0.25
 
     def __init__(self, redis: Redis, cache: KeyCache) -> None:
         self.redis = redis
         self.cache = cache
         self.subscribed = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
 
     def _on_connect(self, connection: object) -> None:
         # Called by redis-py on every (re)connect of the subscription, including the silent
         # reconnects it performs by itself: whatever was published meanwhile is unknown.
         self.cache.drop_all()
 
-    async def run(self) -> None:
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        # redis-py can swallow a cancellation that lands inside a read and carry on reading,
+        # so the loop also checks this flag after every bounded wait.
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
         delay = self.RETRY_MIN
-        while True:
+        while not self._stopping:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(EVENTS)
@@ -256,13 +273,11 @@ class InvalidationListener:
                 self.cache.drop_all()
                 self.subscribed.set()
                 delay = self.RETRY_MIN
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=1.0)
+                                                       timeout=self.POLL)
                     if message is not None and message.get("type") == "message":
                         self.cache.handle_event(message["data"])
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # any failure means the subscription has a gap
                 if self.subscribed.is_set():
                     log.warning("invalidation subscription lost (%s); cache dropped",
@@ -271,8 +286,10 @@ class InvalidationListener:
                 self.cache.drop_all()
             finally:
                 await _close_quietly(pubsub)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.RETRY_MAX)
+            if not self._stopping:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.RETRY_MAX)
+        self.subscribed.clear()
 
 
 async def _close_quietly(pubsub: object) -> None:

@@ -19,7 +19,8 @@ from tests.support.redis_server import free_port
 
 
 def route(name: str, prefix: str, upstream: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "prefix": prefix, "upstream": upstream, **extra}
+    # Public: these tests are about forwarding; authentication has tests of its own.
+    return {"name": name, "prefix": prefix, "upstream": upstream, "public": True, **extra}
 
 
 def upstream_url(server: Any, path: str = "") -> str:

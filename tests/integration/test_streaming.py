@@ -72,7 +72,7 @@ async def test_200_mib_up_and_down_with_bounded_memory(tmp_path, redis_server,
     config_path, port, admin_port = write_config(
         tmp_path / "gateway.yaml", redis_server.url,
         [{"name": "bulk", "prefix": "/bulk/", "upstream": f"http://127.0.0.1:{server.port}",
-          "strip_prefix": True, "timeout": "60s"}])
+          "strip_prefix": True, "timeout": "60s", "public": True}])
     gateway = GatewayProcess(config_path, port, admin_port).start()
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
