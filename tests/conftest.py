@@ -15,7 +15,11 @@ from aiohttp.test_utils import TestServer
 
 from gateway.config import Config, build_config
 from gateway.demo import create_demo_app
+from gateway.keys.model import Account, KeyRecord
+from gateway.keys.service import KeyService
+from gateway.keys.store import KeyStore
 from gateway.server import RunningGateway, serve
+from gateway.store.client import connect
 from tests.support.redis_server import RedisServer
 
 
@@ -44,6 +48,41 @@ def own_redis() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def persistent_redis() -> Iterator[RedisServer]:
+    """A Redis of this test's own that keeps its data across stop() and start()."""
+    server = RedisServer(persistent=True).start()
+    yield server
+    server.close()
+
+
+async def service_for(url: str) -> tuple[KeyService, Any]:
+    redis = connect(url, 2.0)
+    return KeyService(KeyStore(redis)), redis
+
+
+@pytest.fixture
+async def key_service(redis_clean: RedisServer) -> AsyncIterator[KeyService]:
+    """The lifecycle service on the session Redis (emptied for this test)."""
+    service, redis = await service_for(redis_clean.url)
+    yield service
+    await redis.aclose()
+
+
+async def new_key(service: KeyService, scopes: tuple[str, ...] = (), *,
+                  account: Account | None = None,
+                  **options: Any) -> tuple[KeyRecord, str, Account]:
+    """An account holding api_access (unless given) and an API key of it: (key, secret, acct)."""
+    if account is None:
+        account = await service.create_account("test-account")
+    key, secret = await service.create_key(account_id=account.id, scopes=scopes, **options)
+    return key, secret, account
+
+
+def api_key(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Api-Key {secret}"}
 
 
 @pytest.fixture
@@ -94,8 +133,12 @@ async def start_gateway() -> AsyncIterator[Callable[[Config], Awaitable[GatewayU
     """Run the real gateway in this event loop on ephemeral ports."""
     async with AsyncExitStack() as stack:
 
-        async def start(config: Config) -> GatewayUnderTest:
+        async def start(config: Config, subscribed: bool = True) -> GatewayUnderTest:
             running = await stack.enter_async_context(serve(config))
+            if subscribed:
+                # Lookups that race the first subscription are not cached (the subscription
+                # drops the cache), so tests about caching start once it is in place.
+                await asyncio.wait_for(running.listener.subscribed.wait(), 5)
             return GatewayUnderTest(running)
 
         yield start

@@ -55,10 +55,13 @@ class CacheStats:
 
 class KeyCache:
     def __init__(self, store: KeyStore, config: KeysConfig,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 max_entries: int = MAX_ENTRIES, max_negative: int = MAX_NEGATIVE) -> None:
         self.store = store
         self.config = config
         self.clock = clock
+        self.max_entries = max_entries
+        self.max_negative = max_negative
         self._keys: OrderedDict[str, _Entry[KeyRecord]] = OrderedDict()  # by secret hash
         self._hashes_of_key: dict[str, set[str]] = {}  # key id -> secret hashes cached
         self._accounts: OrderedDict[str, _Entry[Account | None]] = OrderedDict()
@@ -115,7 +118,7 @@ class KeyCache:
         if cacheable:
             self._accounts[account_id] = _Entry(account, self.clock() + self.config.cache_ttl)
             self._accounts.move_to_end(account_id)
-            self._bound(self._accounts, MAX_ENTRIES)
+            self._bound(self._accounts, self.max_entries)
         return account
 
     async def _fetch_key(self, secret_hash: str) -> KeyRecord | None:
@@ -162,14 +165,14 @@ class KeyCache:
         if key is None:
             self._negative[secret_hash] = self.clock() + self.config.negative_cache_ttl
             self._negative.move_to_end(secret_hash)
-            self._bound(self._negative, MAX_NEGATIVE)
+            self._bound(self._negative, self.max_negative)
             self._forget_hash(secret_hash)
             return
         self._negative.pop(secret_hash, None)
         self._keys[secret_hash] = _Entry(key, self.clock() + self.config.cache_ttl)
         self._keys.move_to_end(secret_hash)
         self._hashes_of_key.setdefault(key.id, set()).add(secret_hash)
-        while len(self._keys) > MAX_ENTRIES:
+        while len(self._keys) > self.max_entries:
             evicted_hash, evicted = self._keys.popitem(last=False)
             self._unindex(evicted.value.id, evicted_hash)
 
@@ -224,6 +227,11 @@ class KeyCache:
             self.invalidate_key(ident)
         elif kind == "account":
             self.invalidate_account(ident)
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        """Cached keys, cached accounts, negative entries."""
+        return len(self._keys), len(self._accounts), len(self._negative)
 
     def stats(self) -> CacheStats:
         return CacheStats(self.hits, self.misses, self.negative_hits, self.stale_serves)

@@ -26,12 +26,14 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, persistent: bool = False) -> None:
+        self.persistent = persistent
         # Short path: unix socket paths are limited to 107 bytes.
         self.dir = Path(tempfile.mkdtemp(prefix="gwredis-", dir="/tmp"))
         self.socket_path = self.dir / "redis.sock"
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self._stats_client: redis.Redis | None = None
 
     @property
     def url(self) -> str:
@@ -45,7 +47,9 @@ class RedisServer:
         self.process = subprocess.Popen(
             [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
              "--unixsocket", str(self.socket_path), "--dir", str(self.dir),
-             "--save", "", "--appendonly", "no", "--daemonize", "no"],
+             "--save", "", "--daemonize", "no",
+             # Persistent servers keep every write across a kill -9 (to show recovery).
+             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 10
         while not ping_socket(self.socket_path):
@@ -61,18 +65,26 @@ class RedisServer:
         self.process = None
 
     def close(self) -> None:
+        if self._stats_client is not None:
+            self._stats_client.close()
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def client(self) -> redis.Redis:
         return redis.Redis(unix_socket_path=str(self.socket_path))
 
+    def command_stats(self) -> dict[str, int]:
+        """Calls per command so far. One long-lived connection asks, so that asking adds only
+        the INFO calls themselves (a new connection would add its handshake commands)."""
+        if self._stats_client is None:
+            self._stats_client = self.client()
+        stats = self._stats_client.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
     def command_count(self) -> int:
-        """Commands the server has executed, not counting the INFO/CONFIG used to ask."""
-        with self.client() as client:
-            stats = client.info("commandstats")
-        return sum(int(v["calls"]) for k, v in stats.items()
-                   if k not in ("cmdstat_info", "cmdstat_config", "cmdstat_flushall"))
+        """Commands the server has executed, not counting the INFO/CONFIG/FLUSHALL of tests."""
+        return sum(calls for name, calls in self.command_stats().items()
+                   if name not in ("info", "config", "flushall"))
 
     def flush(self) -> None:
         with self.client() as client:
