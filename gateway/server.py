@@ -64,6 +64,13 @@ async def serve(config: Config, *, demo: bool = False) -> AsyncIterator[RunningG
         listener = InvalidationListener(redis, cache)
         listener.start()
         stack.push_async_callback(listener.stop)
+        # Lookups that race the first subscription are not cached (subscribing drops the
+        # cache), so give it a moment; a store that is down must not stop the gateway starting.
+        try:
+            await asyncio.wait_for(listener.subscribed.wait(), config.redis.timeout)
+        except TimeoutError:
+            log.warning("key store not reachable at start; serving, and retrying in the "
+                        "background")
 
         usage = UsageRecorder(store, config.keys.last_used_flush)
         usage.start()

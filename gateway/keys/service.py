@@ -5,8 +5,12 @@ layout lives in `store.py`; every change publishes its invalidation through the 
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Final
 
 from gateway.auth import apikey
 from gateway.config import is_scope_name
@@ -16,21 +20,46 @@ from gateway.keys.model import (
     KEY_TYPES,
     Account,
     KeyRecord,
+    iso,
     new_account_id,
     new_key_id,
 )
-from gateway.keys.store import KeyStore
+from gateway.keys.store import KeyStore, is_cursor
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 1000
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+MAX_BATCH = 1000
+
+
+class _Unset(Enum):
+    UNSET = "unset"
+
+
+UNSET: Final = _Unset.UNSET  # "leave as it is", where None already means "no expiry"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
 
 
 class KeyService:
+    """`actor` names who acts in the audit trail: `cli`, or the admin token's label."""
+
     def __init__(self, store: KeyStore, *, default_scopes: Iterable[str] = (),
-                 clock: Callable[[], float] = time.time) -> None:
+                 actor: str = "cli", clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.default_scopes = tuple(default_scopes)
+        self.actor = actor
         self.clock = clock
+
+    async def _audit(self, action: str, ids: Sequence[str], **details: Any) -> None:
+        # Details are chosen by each caller below and never include a secret or its hash.
+        await self.store.append_audit({"at": iso(self.clock()), "actor": self.actor,
+                                       "action": action, "ids": list(ids), **details})
 
     # -- accounts ------------------------------------------------------------------------------
 
@@ -42,6 +71,8 @@ class KeyService:
         account = Account(id=new_account_id(), name=name, enabled=enabled,
                           api_access=api_access, created_at=self.clock())
         await self.store.put_account(account)
+        await self._audit("account.create", [account.id], name=name, enabled=enabled,
+                          api_access=api_access)
         return account
 
     async def get_account(self, account_id: str) -> Account:
@@ -59,7 +90,40 @@ class KeyService:
             api_access=account.api_access if api_access is None else api_access,
         )
         await self.store.put_account(changed)
+        await self._audit("account.update", [account_id],
+                          **{k: v for k, v in (("enabled", enabled), ("api_access", api_access))
+                             if v is not None})
         return changed
+
+    async def account_view(self, account: Account) -> dict[str, Any]:
+        return {**account.public(), "key_count": await self.store.count_keys(account.id)}
+
+    async def list_accounts(self, *, cursor: str | None = None,
+                            limit: int = DEFAULT_PAGE) -> Page:
+        accounts, next_cursor = await self.store.list_accounts(after=_cursor(cursor),
+                                                               limit=_limit(limit))
+        return Page([await self.account_view(a) for a in accounts], next_cursor)
+
+    async def delete_account(self, account_id: str, *, delete_keys: bool = False) -> list[str]:
+        """Delete an account; refused while it has keys unless `delete_keys`. Returns the ids of
+        the keys deleted with it."""
+        account = await self.get_account(account_id)
+        count = await self.store.count_keys(account_id)
+        if count and not delete_keys:
+            raise Conflict(f"account {account_id!r} still has {count} key(s); delete them "
+                           "first or ask for them to be deleted with it")
+        deleted: list[str] = []
+        while True:
+            keys, _ = await self.store.list_keys(account_id=account_id, after=None,
+                                                 limit=MAX_BATCH)
+            if not keys:
+                break
+            for key in keys:
+                await self.store.delete_key(key)
+                deleted.append(key.id)
+        await self.store.delete_account(account)
+        await self._audit("account.delete", [account_id, *deleted])
+        return deleted
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -85,6 +149,8 @@ class KeyService:
             secret_hash=apikey.hash_secret(secret), secret_tail=apikey.tail(secret),
         )
         await self.store.create_key(key)
+        await self._audit("key.create", [key.id], account_id=account.id, type=key_type,
+                          scopes=list(chosen), expires_at=iso(expires_at))
         return key, secret
 
     async def get_key(self, key_id: str) -> KeyRecord:
@@ -96,17 +162,71 @@ class KeyService:
     async def last_used(self, key_id: str) -> float | None:
         return await self.store.last_used(key_id)
 
-    async def set_expiry(self, key_id: str, expires_at: float | None) -> KeyRecord:
+    async def key_view(self, key: KeyRecord) -> dict[str, Any]:
+        return key.public(await self.store.last_used(key.id))
+
+    async def list_keys(self, *, account_id: str | None = None, cursor: str | None = None,
+                        limit: int = DEFAULT_PAGE) -> Page:
+        if account_id is not None:
+            await self.get_account(account_id)
+        keys, next_cursor = await self.store.list_keys(account_id=account_id,
+                                                       after=_cursor(cursor),
+                                                       limit=_limit(limit))
+        used = await self.store.last_used_many([k.id for k in keys])
+        return Page([k.public(used.get(k.id)) for k in keys], next_cursor)
+
+    async def iterate_keys(self, *, account_id: str | None = None,
+                           page_size: int = DEFAULT_PAGE) -> AsyncIterator[dict[str, Any]]:
+        """Every key, one page in memory at a time."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_keys(account_id=account_id, cursor=cursor, limit=page_size)
+            for item in page.items:
+                yield item
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def update_key(self, key_id: str, *, expires_at: float | _Unset | None = UNSET,
+                         description: str | _Unset = UNSET) -> KeyRecord:
+        """Only the expiry and the description of a key can change (SPEC §1)."""
         key = await self.get_key(key_id)
-        self._check_expiry(expires_at, self.clock())
-        changed = key.with_changes(expires_at=expires_at)
+        changes: dict[str, Any] = {}
+        if expires_at is not UNSET:
+            self._check_expiry(expires_at, self.clock())
+            changes["expires_at"] = expires_at
+        if description is not UNSET:
+            changes["description"] = self._description(description)
+        if not changes:
+            raise InvalidRequest("key", "nothing to change: give an expiry or a description")
+        changed = key.with_changes(**changes)
         await self.store.replace_key(key, changed)
+        details = {name: iso(value) if name == "expires_at" else value
+                   for name, value in changes.items()}
+        await self._audit("key.update", [key_id], **details)
         return changed
 
+    async def set_expiry(self, key_id: str, expires_at: float | None) -> KeyRecord:
+        return await self.update_key(key_id, expires_at=expires_at)
+
     async def delete_key(self, key_id: str) -> KeyRecord:
-        key = await self.get_key(key_id)
-        await self.store.delete_key(key)
-        return key
+        return (await self.delete_keys([key_id]))[0]
+
+    async def delete_keys(self, key_ids: Sequence[str]) -> list[KeyRecord]:
+        """Delete several keys: all of them, or none when any id is unknown."""
+        ids = list(dict.fromkeys(key_ids))
+        if not ids:
+            raise InvalidRequest("ids", "give at least one key id")
+        if len(ids) > MAX_BATCH:
+            raise InvalidRequest("ids", f"at most {MAX_BATCH} keys at once")
+        keys = await self.store.get_keys(ids)
+        missing = sorted(set(ids) - {k.id for k in keys})
+        if missing:
+            raise NotFound("no key with id " + ", ".join(repr(m) for m in missing))
+        for key in keys:
+            await self.store.delete_key(key)
+        await self._audit("key.delete", ids)
+        return keys
 
     async def reissue_key(self, key_id: str, *, grace: float = 0.0) -> tuple[KeyRecord, str]:
         """A new secret under the same id, scopes and expiry. The old secret keeps working for
@@ -126,7 +246,24 @@ class KeyService:
             previous_until=previous_until if keep_old else None,
         )
         await self.store.replace_key(key, changed)
+        await self._audit("key.reissue", [key_id], grace_seconds=grace,
+                          old_secret_valid_until=iso(changed.previous_until))
         return changed, secret
+
+    # -- audit ---------------------------------------------------------------------------------
+
+    async def audit(self, *, since: float | None = None, cursor: str | None = None,
+                    limit: int = DEFAULT_PAGE) -> Page:
+        """Audit entries oldest first, after `cursor` (an entry id) or from `since`."""
+        if cursor is not None:
+            if not _AUDIT_ID.match(cursor):
+                raise InvalidRequest("cursor", "not a cursor from a previous page")
+            after = cursor
+        else:
+            after = f"{max(int((since or 0) * 1000) - 1, 0)}-{2**64 - 1}"
+        rows = await self.store.read_audit(after=after, limit=_limit(limit))
+        items = [{"id": entry_id, **entry} for entry_id, entry in rows]
+        return Page(items, rows[-1][0] if len(rows) == _limit(limit) else None)
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -148,3 +285,18 @@ class KeyService:
         if len(description) > MAX_DESCRIPTION:
             raise InvalidRequest("description", f"must be at most {MAX_DESCRIPTION} characters")
         return description
+
+
+_AUDIT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+def _cursor(cursor: str | None) -> str | None:
+    if cursor is not None and not is_cursor(cursor):
+        raise InvalidRequest("cursor", "not a cursor from a previous page")
+    return cursor
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest("limit", f"must be between 1 and {MAX_PAGE}")
+    return limit

@@ -5,17 +5,23 @@ Layout (every hot-path read is a single-key GET, so Redis Cluster stays possible
     gw:secret:{sha256}       -> key id            API-key secret lookup (old secret: expiring)
     gw:key:{id}              -> KeyRecord JSON
     gw:account:{id}          -> Account JSON
-    gw:keys                  zset of key ids, scored by creation (ms): stable listing order
-    gw:accounts              zset of account ids, scored by creation (ms)
-    gw:account-keys:{id}     set of the account's key ids
+    gw:keys                  zset index of every key
+    gw:accounts              zset index of every account
+    gw:account-keys:{id}     zset index of one account's keys
+                             (index members are "<created ms, 13 digits>:<id>", all scored 0, so
+                             they sort by creation then id: a stable order, and the last member
+                             of a page is the cursor of the next)
     gw:last-used             hash key id -> epoch seconds (forward-only, batched)
+    gw:audit                 stream of management changes (who, what, when, which ids)
     gw:events                pub/sub channel of invalidations: {"kind": "key"|"account", "id"}
     gw:demo-key-id           the key `gateway run --demo` created on its first start
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import orjson
 
@@ -30,7 +36,10 @@ ACCOUNTS_INDEX = "gw:accounts"
 ACCOUNT_KEYS = "gw:account-keys:"
 LAST_USED = "gw:last-used"
 EVENTS = "gw:events"
+AUDIT = "gw:audit"
 DEMO_KEY_ID = "gw:demo-key-id"
+AUDIT_MAX_ENTRIES = 1_000_000
+_CURSOR = re.compile(r"^\d{13}:[A-Za-z0-9_]{1,64}$")
 
 # Forward-only merge of last-use times: several workers flush, the latest time wins.
 _RECORD_LAST_USED = """
@@ -46,6 +55,18 @@ return 1
 
 def _ms(timestamp: float) -> int:
     return int(timestamp * 1000)
+
+
+def index_member(created_at: float, ident: str) -> str:
+    return f"{_ms(created_at):013d}:{ident}"
+
+
+def is_cursor(cursor: str) -> bool:
+    return _CURSOR.match(cursor) is not None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class KeyStore:
@@ -78,7 +99,7 @@ class KeyStore:
         with store_errors():
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.set(ACCOUNT + account.id, account.to_json())
-                pipe.zadd(ACCOUNTS_INDEX, {account.id: _ms(account.created_at)}, nx=True)
+                pipe.zadd(ACCOUNTS_INDEX, {index_member(account.created_at, account.id): 0})
                 await pipe.execute()
         await self.publish("account", account.id)
 
@@ -88,8 +109,9 @@ class KeyStore:
                 pipe.set(KEY + key.id, key.to_json())
                 if key.secret_hash:
                     pipe.set(SECRET + key.secret_hash, key.id)
-                pipe.zadd(KEYS_INDEX, {key.id: _ms(key.created_at)})
-                pipe.sadd(ACCOUNT_KEYS + key.account_id, key.id)
+                member = index_member(key.created_at, key.id)
+                pipe.zadd(KEYS_INDEX, {member: 0})
+                pipe.zadd(ACCOUNT_KEYS + key.account_id, {member: 0})
                 await pipe.execute()
 
     async def replace_key(self, old: KeyRecord, new: KeyRecord) -> None:
@@ -117,15 +139,85 @@ class KeyStore:
                 for secret_hash in (key.secret_hash, key.previous_hash):
                     if secret_hash:
                         pipe.delete(SECRET + secret_hash)
-                pipe.zrem(KEYS_INDEX, key.id)
-                pipe.srem(ACCOUNT_KEYS + key.account_id, key.id)
+                member = index_member(key.created_at, key.id)
+                pipe.zrem(KEYS_INDEX, member)
+                pipe.zrem(ACCOUNT_KEYS + key.account_id, member)
                 pipe.hdel(LAST_USED, key.id)
                 await pipe.execute()
         await self.publish("key", key.id)
 
+    async def delete_account(self, account: Account) -> None:
+        with store_errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(ACCOUNT + account.id, ACCOUNT_KEYS + account.id)
+                pipe.zrem(ACCOUNTS_INDEX, index_member(account.created_at, account.id))
+                await pipe.execute()
+        await self.publish("account", account.id)
+
     async def publish(self, kind: str, ident: str) -> None:
         with store_errors():
             await self.redis.publish(EVENTS, orjson.dumps({"kind": kind, "id": ident}))
+
+    # -- listing (pages in a stable order; memory bounded by the page, never the table) ------
+
+    async def _page(self, index: str, after: str | None,
+                    limit: int) -> tuple[list[str], str | None]:
+        start = f"({after}" if after else "-"
+        with store_errors():
+            members = await self.redis.zrangebylex(index, start, "+", start=0, num=limit + 1)
+        texts = [_text(m) for m in members]
+        more = len(texts) > limit
+        texts = texts[:limit]
+        ids = [m.split(":", 1)[1] for m in texts]
+        return ids, (texts[-1] if more and texts else None)
+
+    async def list_keys(self, *, account_id: str | None, after: str | None,
+                        limit: int) -> tuple[list[KeyRecord], str | None]:
+        index = ACCOUNT_KEYS + account_id if account_id else KEYS_INDEX
+        ids, cursor = await self._page(index, after, limit)
+        return await self.get_keys(ids), cursor
+
+    async def list_accounts(self, *, after: str | None,
+                            limit: int) -> tuple[list[Account], str | None]:
+        ids, cursor = await self._page(ACCOUNTS_INDEX, after, limit)
+        if not ids:
+            return [], cursor
+        with store_errors():
+            values = await self.redis.mget([ACCOUNT + i for i in ids])
+        return [Account.from_json(v) for v in values if v is not None], cursor
+
+    async def get_keys(self, ids: Sequence[str]) -> list[KeyRecord]:
+        if not ids:
+            return []
+        with store_errors():
+            values = await self.redis.mget([KEY + i for i in ids])
+        return [KeyRecord.from_json(v) for v in values if v is not None]
+
+    async def count_keys(self, account_id: str) -> int:
+        with store_errors():
+            return int(await self.redis.zcard(ACCOUNT_KEYS + account_id))
+
+    async def last_used_many(self, ids: Sequence[str]) -> dict[str, float]:
+        if not ids:
+            return {}
+        with store_errors():
+            values = await self.redis.hmget(LAST_USED, list(ids))
+        return {i: float(v) for i, v in zip(ids, values, strict=True) if v is not None}
+
+    # -- audit trail ---------------------------------------------------------------------------
+
+    async def append_audit(self, entry: Mapping[str, Any]) -> str:
+        with store_errors():
+            entry_id = await self.redis.xadd(AUDIT, {"entry": orjson.dumps(entry)},
+                                             maxlen=AUDIT_MAX_ENTRIES, approximate=True)
+        return _text(entry_id)
+
+    async def read_audit(self, *, after: str, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """Entries after the stream id `after` ('<ms>-<seq>', or '<ms>' for a time), oldest
+        first."""
+        with store_errors():
+            rows: Any = await self.redis.xrange(AUDIT, min=f"({after}", max="+", count=limit)
+        return [(_text(entry_id), orjson.loads(fields[b"entry"])) for entry_id, fields in rows]
 
     # -- last use ------------------------------------------------------------------------------
 
