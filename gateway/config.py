@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import math
 import re
@@ -80,10 +81,28 @@ class ListenConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminToken:
+    """A labelled admin token, kept as its SHA-256 so config files hold no secret. The label
+    names the actor in the audit trail."""
+
+    label: str
+    sha256: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class AdminConfig:
     host: str = "127.0.0.1"
     port: int = 9090
+    # `token` (or GATEWAY_ADMIN_TOKEN) is the token labelled "admin"; `tokens` adds labelled
+    # ones by hash. With none at all, the admin API is off.
     token: str | None = field(default=None, repr=False)
+    tokens: tuple[AdminToken, ...] = ()
+
+    def all_tokens(self) -> tuple[AdminToken, ...]:
+        if self.token is None:
+            return self.tokens
+        digest = hashlib.sha256(self.token.encode()).hexdigest()
+        return (AdminToken("admin", digest), *self.tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +230,29 @@ def _networks(value: object) -> tuple[IPNetwork, ...]:
         return tuple(ipaddress.ip_network(str(item), strict=False) for item in value)
     except ValueError as exc:
         raise ValueError(f"not an address or network: {exc}") from None
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _admin_tokens(value: object) -> tuple[AdminToken, ...]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list of {label, sha256} entries")
+    tokens: list[AdminToken] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or set(item) != {"label", "sha256"}:
+            raise ValueError(f"entry {index}: expected exactly the fields label and sha256")
+        label, digest = item["label"], item["sha256"]
+        if not isinstance(label, str) or not _LABEL.match(label):
+            raise ValueError(f"entry {index}: label must be letters, digits, '.', '_' or '-'")
+        if not isinstance(digest, str) or not _SHA256.match(digest.lower()):
+            raise ValueError(f"entry {index}: sha256 must be 64 hex digits (sha256sum of the "
+                             "token)")
+        if label in {t.label for t in tokens}:
+            raise ValueError(f"entry {index}: duplicate label {label!r}")
+        tokens.append(AdminToken(label, digest.lower()))
+    return tuple(tokens)
 
 
 def _redis_url(value: object) -> str:
@@ -345,11 +387,12 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         trusted_proxies=reader.get(raw, "trusted_proxies", "listen.trusted_proxies",
                                    _networks, ()),
     )
-    raw = reader.section(data, "admin", {"host", "port", "token"})
+    raw = reader.section(data, "admin", {"host", "port", "token", "tokens"})
     admin = AdminConfig(
         host=reader.get(raw, "host", "admin.host", _string, _ADMIN.host),
         port=reader.get(raw, "port", "admin.port", _port, _ADMIN.port),
         token=reader.get(raw, "token", "admin.token", _string, None),
+        tokens=reader.get(raw, "tokens", "admin.tokens", _admin_tokens, ()),
     )
     raw = reader.section(data, "redis", {"url", "timeout"})
     redis = RedisConfig(

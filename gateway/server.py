@@ -95,7 +95,7 @@ async def serve(config: Config, *, demo: bool = False) -> AsyncIterator[RunningG
         stack.push_async_callback(proxy_runner.cleanup)
         await web.TCPSite(proxy_runner, config.listen.host, config.listen.port).start()
 
-        admin_runner = web.AppRunner(create_admin_app(redis, lambda: handler.state.config),
+        admin_runner = web.AppRunner(create_admin_app(store, lambda: handler.state.config),
                                      access_log=None)
         await admin_runner.setup()
         stack.push_async_callback(admin_runner.cleanup)

@@ -1,18 +1,21 @@
-"""Admin listener application: `/healthz` and `/readyz` (SPEC §9)."""
+"""The admin listener (SPEC §8, §9): health, readiness, the admin API and its OpenAPI document."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from aiohttp import web
 
+from gateway.admin.api import CONFIG_KEY, STORE_KEY, add_admin_routes, admin_middleware
+from gateway.admin.openapi import openapi_document
 from gateway.config import Config
 from gateway.errors import StoreError
-from gateway.store.client import Redis, store_errors
+from gateway.keys.store import KeyStore
+from gateway.store.client import store_errors
 
-REDIS_KEY: web.AppKey[Redis] = web.AppKey("redis", Redis)
-CONFIG_KEY: web.AppKey[Callable[[], Config]] = web.AppKey("config")
+log = logging.getLogger(__name__)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -21,7 +24,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     config = request.app[CONFIG_KEY]()
-    redis = request.app[REDIS_KEY]
+    redis = request.app[STORE_KEY].redis
     try:
         with store_errors():
             await asyncio.wait_for(redis.ping(), timeout=config.redis.timeout)
@@ -32,10 +35,23 @@ async def readyz(request: web.Request) -> web.Response:
                               "routes": len(config.routes)})
 
 
-def create_admin_app(redis: Redis, config: Callable[[], Config]) -> web.Application:
-    app = web.Application()
-    app[REDIS_KEY] = redis
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI_KEY])
+
+
+OPENAPI_KEY: web.AppKey[dict[str, object]] = web.AppKey("openapi")
+
+
+def create_admin_app(store: KeyStore, config: Callable[[], Config]) -> web.Application:
+    app = web.Application(middlewares=[admin_middleware], client_max_size=64 * 1024)
+    app[STORE_KEY] = store
     app[CONFIG_KEY] = config
+    app[OPENAPI_KEY] = openapi_document()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/admin/openapi.json", openapi)
+    add_admin_routes(app)
+    if not config().admin.all_tokens():
+        log.warning("no admin token configured (GATEWAY_ADMIN_TOKEN or admin.tokens): "
+                    "the admin API is off")
     return app

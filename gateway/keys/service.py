@@ -38,6 +38,7 @@ class _Unset(Enum):
 
 
 UNSET: Final = _Unset.UNSET  # "leave as it is", where None already means "no expiry"
+Unset = _Unset
 
 
 @dataclass(frozen=True, slots=True)

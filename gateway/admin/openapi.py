@@ -1,0 +1,259 @@
+"""`/admin/openapi.json`: the admin API, described (OpenAPI 3.1). A test validates this document
+and drives the API from it with schemathesis, so it cannot drift from `api.py` unnoticed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_TIME = {"type": "string", "format": "date-time"}
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+_ID = {"type": "string", "pattern": "^[A-Za-z0-9_]{1,64}$"}
+_SCOPE = {"type": "string", "pattern": r"^([A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?|\*)$",
+          "maxLength": 200}
+_DURATION = {"type": "string", "pattern": r"^[0-9]{1,7}(ms|s|m|h|d)$"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def _response(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    if schema is not None:
+        out["content"] = {"application/json": {"schema": schema}}
+    return out
+
+
+_ERRORS = {
+    "400": _response("The body is not a JSON object", _ref("Error")),
+    "401": _response("Missing or wrong admin token", _ref("Error")),
+    "404": _response("No such account or key, or the admin API is off", _ref("Error")),
+    "409": _response("The change contradicts the current state", _ref("Error")),
+    "422": _response("Invalid input; the message names the field", _ref("Error")),
+    "503": _response("The key store is unavailable", _ref("Error")),
+}
+
+
+def _op(summary: str, ok: str, schema: dict[str, Any], *, status: str = "200",
+        params: list[dict[str, Any]] | None = None,
+        body: dict[str, Any] | None = None, errors: tuple[str, ...] = ("401", "404", "422",
+                                                                       "503")) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {status: _response(ok, schema), **{e: _ERRORS[e] for e in errors}},
+    }
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = body
+    return op
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": _ID}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+_PAGING = [
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000},
+           "Page size (default 100)"),
+    _query("cursor", {"type": "string", "pattern": r"^[0-9]{13}:[A-Za-z0-9_]{1,64}$"},
+           "next_cursor of the previous page"),
+]
+
+
+def _page_of(item: str) -> dict[str, Any]:
+    return {"type": "object", "required": ["items", "next_cursor"],
+            "additionalProperties": False,
+            "properties": {"items": {"type": "array", "items": _ref(item)},
+                           "next_cursor": {"type": ["string", "null"]}}}
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {"error": {
+            "type": "object", "required": ["code", "message", "request_id"],
+            "additionalProperties": False,
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                           "request_id": {"type": "string"}}}},
+    },
+    "Account": {
+        "type": "object", "additionalProperties": False,
+        "required": ["id", "name", "enabled", "api_access", "created_at", "key_count"],
+        "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+                       "enabled": {"type": "boolean"}, "api_access": {"type": "boolean"},
+                       "created_at": _TIME, "key_count": {"type": "integer", "minimum": 0}},
+    },
+    "AccountCreate": {
+        "type": "object", "additionalProperties": False, "required": ["name"],
+        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200,
+                                "pattern": r"\S"},
+                       "enabled": {"type": "boolean"}, "api_access": {"type": "boolean"}},
+    },
+    "AccountUpdate": {
+        "type": "object", "additionalProperties": False, "minProperties": 1,
+        "properties": {"enabled": {"type": "boolean"}, "api_access": {"type": "boolean"}},
+    },
+    "AccountDeleted": {
+        "type": "object", "additionalProperties": False,
+        "required": ["deleted_account", "deleted_keys"],
+        "properties": {"deleted_account": {"type": "string"},
+                       "deleted_keys": {"type": "array", "items": {"type": "string"}}},
+    },
+    "Key": {
+        "type": "object", "additionalProperties": False,
+        "required": ["id", "type", "account_id", "scopes", "description", "created_at",
+                     "expires_at", "last_used_at", "masked_secret",
+                     "previous_secret_valid_until"],
+        "properties": {
+            "id": {"type": "string"}, "type": {"type": "string", "enum": ["api_key", "hmac"]},
+            "account_id": {"type": "string"},
+            "scopes": {"type": "array", "items": {"type": "string"}},
+            "description": {"type": "string"}, "created_at": _TIME,
+            "expires_at": _NULLABLE_TIME, "last_used_at": _NULLABLE_TIME,
+            "masked_secret": {"type": "string"},
+            "previous_secret_valid_until": _NULLABLE_TIME,
+        },
+    },
+    "KeyCreate": {
+        "type": "object", "additionalProperties": False, "required": ["account_id"],
+        "properties": {
+            "account_id": _ID,
+            "type": {"type": "string", "enum": ["api_key"]},
+            "scopes": {"type": "array", "items": _SCOPE, "maxItems": 50},
+            "expires_at": {"type": "string", "format": "date-time",
+                           "description": "Must lie in the future"},
+            "expires_in": {**_DURATION, "description": "Lifetime such as 30d"},
+            "description": {"type": "string", "maxLength": 1000},
+        },
+    },
+    "KeyUpdate": {
+        "type": "object", "additionalProperties": False, "minProperties": 1,
+        "description": "Only the expiry and the description of a key can change; any other "
+                       "field is refused with 422 naming it.",
+        "properties": {
+            "expires_at": {**_NULLABLE_TIME,
+                           "description": "A future time, or null for no expiry"},
+            "description": {"type": "string", "maxLength": 1000},
+        },
+    },
+    "KeyIds": {
+        "type": "object", "additionalProperties": False, "required": ["ids"],
+        "properties": {"ids": {"type": "array", "items": _ID, "minItems": 1,
+                               "maxItems": 1000}},
+    },
+    "Deleted": {
+        "type": "object", "additionalProperties": False, "required": ["deleted"],
+        "properties": {"deleted": {"type": "array", "items": {"type": "string"}}},
+    },
+    "Reissue": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"grace": {**_DURATION, "description": "How long the old secret keeps "
+                                 "working (never past the key's expiry); default 0"}},
+    },
+    "AuditEntry": {
+        "type": "object", "required": ["id", "at", "actor", "action", "ids"],
+        "properties": {"id": {"type": "string"}, "at": _TIME, "actor": {"type": "string"},
+                       "action": {"type": "string"},
+                       "ids": {"type": "array", "items": {"type": "string"}}},
+    },
+}
+
+# A created or reissued key: the record plus its secret, shown this once.
+SCHEMAS["KeyWithSecret"] = {
+    **SCHEMAS["Key"],
+    "required": [*SCHEMAS["Key"]["required"], "secret"],
+    "properties": {**SCHEMAS["Key"]["properties"],
+                   "secret": {"type": "string", "description": "Shown this once; never again"}},
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    key_id = [_path_param("key_id")]
+    account_id = [_path_param("account_id")]
+    paths = {
+        "/admin/accounts": {
+            "get": _op("List accounts", "A page of accounts", _page_of("Account"),
+                       params=_PAGING, errors=("401", "422", "503")),
+            "post": _op("Create an account", "The account", _ref("Account"), status="201",
+                        body=_json_body(_ref("AccountCreate")),
+                        errors=("400", "401", "422", "503")),
+        },
+        "/admin/accounts/{account_id}": {
+            "get": _op("Get an account", "The account", _ref("Account"), params=account_id,
+                       errors=("401", "404", "503")),
+            "patch": _op("Enable/disable an account or grant/revoke api_access",
+                         "The account", _ref("Account"), params=account_id,
+                         body=_json_body(_ref("AccountUpdate")),
+                         errors=("400", "401", "404", "422", "503")),
+            "delete": _op("Delete an account (refused while it has keys unless "
+                          "delete_keys=true)", "What was deleted", _ref("AccountDeleted"),
+                          params=[*account_id, _query("delete_keys", {
+                              "type": "string", "enum": ["true", "false"]},
+                              "Also delete the account's keys")],
+                          errors=("401", "404", "409", "422", "503")),
+        },
+        "/admin/keys": {
+            "get": _op("List keys (stable order, cursor pagination)", "A page of keys",
+                       _page_of("Key"),
+                       params=[_query("account_id", _ID, "Only this account's keys"),
+                               *_PAGING], errors=("401", "404", "422", "503")),
+            "post": _op("Create a key; the response carries its secret, this once",
+                        "The key and its secret", _ref("KeyWithSecret"), status="201",
+                        body=_json_body(_ref("KeyCreate")),
+                        errors=("400", "401", "404", "409", "422", "503")),
+        },
+        "/admin/keys/delete": {
+            "post": _op("Delete several keys (all or none)", "The deleted ids",
+                        _ref("Deleted"), body=_json_body(_ref("KeyIds")),
+                        errors=("400", "401", "404", "422", "503")),
+        },
+        "/admin/keys/{key_id}": {
+            "get": _op("Get a key (never its secret)", "The key", _ref("Key"),
+                       params=key_id, errors=("401", "404", "503")),
+            "patch": _op("Change a key's expiry or description", "The key", _ref("Key"),
+                         params=key_id, body=_json_body(_ref("KeyUpdate")),
+                         errors=("400", "401", "404", "422", "503")),
+            "delete": _op("Delete a key", "The deleted id", _ref("Deleted"), params=key_id,
+                          errors=("401", "404", "422", "503")),
+        },
+        "/admin/keys/{key_id}/reissue": {
+            "post": _op("Reissue a key: a new secret under the same id, scopes and expiry",
+                        "The key and its new secret", _ref("KeyWithSecret"),
+                        params=key_id, body=_json_body(_ref("Reissue"), required=False),
+                        errors=("400", "401", "404", "422", "503")),
+        },
+        "/admin/audit": {
+            "get": _op("Read the audit trail, oldest first", "A page of audit entries",
+                       _page_of("AuditEntry"),
+                       params=[_query("since", _TIME, "Entries at or after this time"),
+                               _query("limit", {"type": "integer", "minimum": 1,
+                                                "maximum": 1000}, "Page size (default 100)"),
+                               _query("cursor", {"type": "string",
+                                                 "pattern": r"^[0-9]{1,20}-[0-9]{1,20}$"},
+                                      "next_cursor of the previous page")],
+                       errors=("401", "422", "503")),
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "API authentication gateway: admin API", "version": "1"},
+        "servers": [{"url": "/"}],
+        "security": [{"adminToken": []}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer",
+                                               "description": "GATEWAY_ADMIN_TOKEN, or a "
+                                               "token listed in admin.tokens"}},
+        },
+    }
