@@ -20,7 +20,9 @@ from gateway.admin.app import create_admin_app
 from gateway.auth.authenticator import Authenticator
 from gateway.config import Config
 from gateway.demo import ensure_demo_key, start_demo_upstreams
+from gateway.errors import StoreError
 from gateway.keys.cache import InvalidationListener, KeyCache
+from gateway.keys.secrets import MasterKeyError, SecretBox, load_master_key
 from gateway.keys.store import KeyStore
 from gateway.keys.usage import UsageRecorder
 from gateway.proxy.forward import UpstreamPool
@@ -59,6 +61,7 @@ async def serve(config: Config, *, demo: bool = False) -> AsyncIterator[RunningG
     async with AsyncExitStack() as stack:
         redis, redis_url = await stack.enter_async_context(open_redis(config))
         store = KeyStore(redis)
+        secret_box = await _secret_box(config, store)
 
         cache = KeyCache(store, config.keys)
         listener = InvalidationListener(redis, cache)
@@ -85,7 +88,8 @@ async def serve(config: Config, *, demo: bool = False) -> AsyncIterator[RunningG
         await pool.start()
         stack.push_async_callback(pool.close)
 
-        handler = ProxyHandler(ProxyState.from_config(config), pool, Authenticator(cache, usage))
+        authenticator = Authenticator(cache, usage, store, config.hmac, secret_box)
+        handler = ProxyHandler(ProxyState.from_config(config), pool, authenticator)
         proxy_runner = web.ServerRunner(
             web.Server(handler, access_log=None, max_line_size=MAX_LINE_SIZE,
                        max_field_size=MAX_FIELD_SIZE),
@@ -105,6 +109,23 @@ async def serve(config: Config, *, demo: bool = False) -> AsyncIterator[RunningG
                              admin_port=_bound_port(admin_runner), redis_url=redis_url,
                              redis=redis, handler=handler, cache=cache, usage=usage,
                              listener=listener)
+
+
+async def _secret_box(config: Config, store: KeyStore) -> SecretBox | None:
+    """The master key opens HMAC secrets. HMAC keys in the store and no master key is a
+    configuration error, said at start-up rather than on the first signed request."""
+    master_key = load_master_key(config)
+    if master_key is not None:
+        return SecretBox(master_key)
+    try:
+        count = await store.hmac_key_count()
+    except StoreError:
+        log.warning("could not check the store for HMAC keys at start-up")
+        return None
+    if count:
+        raise MasterKeyError(f"the key store holds {count} HMAC key(s) but no master key is "
+                             "configured: set GATEWAY_MASTER_KEY")
+    return None
 
 
 async def _main(config: Config, demo: bool) -> None:

@@ -1,26 +1,32 @@
 """Authentication of one proxied request: credential -> key lookup (cache) -> decision.
 
-The I/O (the cache, which may ask Redis) is here; the rules are in `credentials.py` and
-`decide.py`. Returns the identity headers to forward, or raises RequestRefused.
+The I/O (the cache, which may ask Redis; the nonce check; reading a signed body) is here; the
+rules are in `credentials.py`, `decide.py` and `signatures.py`. Returns the identity headers to
+forward (and, for a signed request with a body, the body it had to read), or raises
+RequestRefused.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from multidict import CIMultiDictProxy
+from aiohttp import web
 
-from gateway.auth import apikey
-from gateway.auth.credentials import ApiKeyCredential, credential_from
-from gateway.auth.decide import Deny, decide, method_accepted
-from gateway.config import RouteConfig
+from gateway.auth import apikey, signatures
+from gateway.auth.credentials import ApiKeyCredential, SignatureCredential, credential_from
+from gateway.auth.decide import Allow, Deny, decide, method_accepted, scope_decision
+from gateway.config import HmacConfig, RouteConfig
 from gateway.errors import RequestRefused, StoreUnavailable
 from gateway.keys.cache import KeyCache
 from gateway.keys.model import Account, KeyRecord
+from gateway.keys.secrets import MasterKeyError, SecretBox
+from gateway.keys.store import KeyStore
 from gateway.keys.usage import UsageRecorder
 
 AUTH_METHOD_HEADER_VALUE = {"api_key": "api-key", "hmac": "hmac"}
+MAX_OPENED_SECRETS = 10_000
 
 
 def identity_headers(key: KeyRecord, account: Account) -> dict[str, str]:
@@ -32,37 +38,148 @@ def identity_headers(key: KeyRecord, account: Account) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    identity: dict[str, str]
+    body: bytes | None = None  # a signed request's body, read to check its digest
+
+
+def _refuse(decision: Deny) -> RequestRefused:
+    return RequestRefused(decision.code, decision.message)
+
+
+def _store_down() -> RequestRefused:
+    return RequestRefused("key_store_unavailable", "the key store is unavailable; retry shortly")
+
+
 class Authenticator:
-    def __init__(self, cache: KeyCache, usage: UsageRecorder,
+    def __init__(self, cache: KeyCache, usage: UsageRecorder, store: KeyStore,
+                 hmac_config: HmacConfig, secret_box: SecretBox | None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cache = cache
         self.usage = usage
+        self.store = store
+        self.hmac_config = hmac_config
+        self.secret_box = secret_box
         self.clock = clock
+        self._opened: dict[str, bytes] = {}  # sealed secret -> HMAC key bytes
 
-    async def authenticate(self, headers: CIMultiDictProxy[str],
-                           route: RouteConfig) -> dict[str, str]:
-        credential = credential_from(headers)
+    async def authenticate(self, request: web.BaseRequest, route: RouteConfig) -> Authenticated:
+        credential = credential_from(request.headers)
         if credential is None:
             raise RequestRefused("missing_credentials",
                                  "this route needs an API key (Authorization: Api-Key <key>) "
                                  "or a signed request")
         refused = method_accepted(route, credential.method)
         if refused is not None:
-            raise RequestRefused(refused.code, refused.message)
-        if not isinstance(credential, ApiKeyCredential):
-            raise RequestRefused("invalid_signature",
-                                 "signed requests are not supported by this gateway version")
+            raise _refuse(refused)
+        if isinstance(credential, ApiKeyCredential):
+            return await self._api_key(credential, route)
+        return await self._signed(credential, request, route)
 
+    async def _api_key(self, credential: ApiKeyCredential,
+                       route: RouteConfig) -> Authenticated:
         secret_hash = apikey.hash_secret(credential.secret)
         try:
             key, account = await self.cache.api_key(secret_hash)
         except StoreUnavailable:
-            raise RequestRefused("key_store_unavailable",
-                                 "the key store is unavailable; retry shortly") from None
+            raise _store_down() from None
         now = self.clock()
         decision = decide(method="api_key", route=route, key=key, account=account, now=now,
                           presented_hash=secret_hash)
         if isinstance(decision, Deny):
-            raise RequestRefused(decision.code, decision.message)
+            raise _refuse(decision)
         self.usage.record(decision.key.id, now)
-        return identity_headers(decision.key, decision.account)
+        return Authenticated(identity_headers(decision.key, decision.account))
+
+    async def _signed(self, credential: SignatureCredential, request: web.BaseRequest,
+                      route: RouteConfig) -> Authenticated:
+        try:
+            parsed = signatures.parse(credential.signature_input, credential.signature)
+            raw_path, has_query, query = request.raw_path.partition("?")
+            signatures.check_coverage(parsed, has_query=bool(has_query),
+                                      has_body=request.body_exists)
+        except signatures.SignatureError as exc:
+            raise RequestRefused(exc.code, exc.message) from None
+
+        try:
+            key, account = await self.cache.key_by_id(parsed.keyid)
+        except StoreUnavailable:
+            raise _store_down() from None
+        now = self.clock()
+        decision = decide(method="hmac", route=route, key=key, account=account, now=now,
+                          check_scopes=False)
+        if isinstance(decision, Deny):
+            raise _refuse(decision)
+
+        facts = signatures.RequestFacts(
+            method=request.method, scheme=request.scheme,
+            authority=signatures.authority_of(request.headers.get("Host", ""), request.scheme),
+            path=raw_path, query=query if has_query else None, headers=request.headers)
+        try:
+            if not signatures.signature_matches(parsed, facts, self._keys_of(decision.key, now)):
+                raise signatures.SignatureError("invalid_signature",
+                                                "the signature does not match")
+            signatures.check_time(parsed, now, self.hmac_config.clock_skew)
+            body = await self._read_body(request) if request.body_exists else None
+            if body is not None:
+                signatures.check_content_digest(request.headers.get("Content-Digest"), body)
+        except signatures.SignatureError as exc:
+            raise RequestRefused(exc.code, exc.message) from None
+
+        try:
+            fresh = await self.store.use_nonce(
+                decision.key.id, parsed.nonce,
+                signatures.nonce_ttl(parsed, now, self.hmac_config.clock_skew))
+        except StoreUnavailable:
+            raise _store_down() from None
+        if not fresh:
+            raise RequestRefused("replayed_request", "this nonce was already used")
+
+        allowed = scope_decision(decision, route)
+        if isinstance(allowed, Deny):
+            raise _refuse(allowed)
+        assert isinstance(allowed, Allow)
+        self.usage.record(allowed.key.id, now)
+        return Authenticated(identity_headers(allowed.key, allowed.account), body)
+
+    def _keys_of(self, key: KeyRecord, now: float) -> list[bytes]:
+        """The current secret, plus the old one while its grace period lasts."""
+        sealed = [key.extra["secret"]]
+        if key.previous_until is not None and now < key.previous_until \
+                and "previous_secret" in key.extra:
+            sealed.append(key.extra["previous_secret"])
+        return [self._open(key.id, s) for s in sealed]
+
+    def _open(self, key_id: str, sealed: str) -> bytes:
+        # Decrypting costs more than the HMAC itself; each worker opens a secret once.
+        opened = self._opened.get(sealed)
+        if opened is None:
+            if self.secret_box is None:
+                raise RequestRefused("key_store_unavailable",
+                                     "signed requests cannot be checked: no master key")
+            try:
+                opened = self.secret_box.open(key_id, sealed).encode("ascii")
+            except MasterKeyError:
+                raise RequestRefused("key_store_unavailable",
+                                     "the key's secret cannot be decrypted") from None
+            if len(self._opened) >= MAX_OPENED_SECRETS:
+                self._opened.clear()
+            self._opened[sealed] = opened
+        return opened
+
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
+        """Buffer a signed body to check its digest, never past `hmac.max_body_bytes`."""
+        limit = self.hmac_config.max_body_bytes
+        too_large = RequestRefused("body_too_large",
+                                   f"a signed request's body may be at most {limit} bytes")
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)

@@ -62,10 +62,11 @@ class KeyCache:
         self.clock = clock
         self.max_entries = max_entries
         self.max_negative = max_negative
-        self._keys: OrderedDict[str, _Entry[KeyRecord]] = OrderedDict()  # by secret hash
-        self._hashes_of_key: dict[str, set[str]] = {}  # key id -> secret hashes cached
+        # Keys by lookup token (an API-key secret hash, or "id:" + key id for HMAC keys).
+        self._keys: OrderedDict[str, _Entry[KeyRecord]] = OrderedDict()
+        self._tokens_of_key: dict[str, set[str]] = {}  # key id -> its tokens cached
         self._accounts: OrderedDict[str, _Entry[Account | None]] = OrderedDict()
-        self._negative: OrderedDict[str, float] = OrderedDict()  # secret hash -> until
+        self._negative: OrderedDict[str, float] = OrderedDict()  # token -> until
         self._inflight: dict[str, asyncio.Task[object]] = {}
         self._changes = 0  # bumped by every invalidation; loads that straddle one are not kept
         self._down_since: float | None = None
@@ -75,21 +76,29 @@ class KeyCache:
     # -- lookups -------------------------------------------------------------------------------
 
     async def api_key(self, secret_hash: str) -> tuple[KeyRecord | None, Account | None]:
-        """The key holding this secret and its account; (None, None) when unknown."""
+        """The key holding this API-key secret and its account; (None, None) when unknown."""
+        return await self._lookup(secret_hash, lambda: self._fetch_key(secret_hash))
+
+    async def key_by_id(self, key_id: str) -> tuple[KeyRecord | None, Account | None]:
+        """The key with this id (an HMAC key's token) and its account."""
+        return await self._lookup("id:" + key_id, lambda: self.store.get_key(key_id))
+
+    async def _lookup(self, token: str, fetch: Callable[[], Awaitable[KeyRecord | None]]
+                      ) -> tuple[KeyRecord | None, Account | None]:
+        # `token` is how this key was asked for: an API-key secret hash, or "id:" + key id.
         now = self.clock()
-        entry = self._keys.get(secret_hash)
+        entry = self._keys.get(token)
         if entry is not None and now < entry.fresh_until:
             self.hits += 1
             key: KeyRecord | None = entry.value
         else:
-            until = self._negative.get(secret_hash)
+            until = self._negative.get(token)
             if entry is None and until is not None and now < until:
                 self.negative_hits += 1
                 return None, None
             self.misses += 1
             try:
-                key, cacheable = await self._load("s:" + secret_hash,
-                                                  lambda: self._fetch_key(secret_hash))
+                key, cacheable = await self._load("s:" + token, fetch)
             except StoreUnavailable:
                 if entry is None or not self._may_serve_stale(now):
                     raise
@@ -97,7 +106,7 @@ class KeyCache:
                 key = entry.value
             else:
                 if cacheable:
-                    self._remember_key(secret_hash, key)
+                    self._remember_key(token, key)
         if key is None:
             return None, None
         return key, await self._account(key.account_id)
@@ -161,32 +170,32 @@ class KeyCache:
     def _may_serve_stale(self, now: float) -> bool:
         return self._down_since is not None and now - self._down_since < self.config.stale_if_error
 
-    def _remember_key(self, secret_hash: str, key: KeyRecord | None) -> None:
+    def _remember_key(self, token: str, key: KeyRecord | None) -> None:
         if key is None:
-            self._negative[secret_hash] = self.clock() + self.config.negative_cache_ttl
-            self._negative.move_to_end(secret_hash)
+            self._negative[token] = self.clock() + self.config.negative_cache_ttl
+            self._negative.move_to_end(token)
             self._bound(self._negative, self.max_negative)
-            self._forget_hash(secret_hash)
+            self._forget_token(token)
             return
-        self._negative.pop(secret_hash, None)
-        self._keys[secret_hash] = _Entry(key, self.clock() + self.config.cache_ttl)
-        self._keys.move_to_end(secret_hash)
-        self._hashes_of_key.setdefault(key.id, set()).add(secret_hash)
+        self._negative.pop(token, None)
+        self._keys[token] = _Entry(key, self.clock() + self.config.cache_ttl)
+        self._keys.move_to_end(token)
+        self._tokens_of_key.setdefault(key.id, set()).add(token)
         while len(self._keys) > self.max_entries:
-            evicted_hash, evicted = self._keys.popitem(last=False)
-            self._unindex(evicted.value.id, evicted_hash)
+            evicted_token, evicted = self._keys.popitem(last=False)
+            self._unindex(evicted.value.id, evicted_token)
 
-    def _forget_hash(self, secret_hash: str) -> None:
-        entry = self._keys.pop(secret_hash, None)
+    def _forget_token(self, token: str) -> None:
+        entry = self._keys.pop(token, None)
         if entry is not None:
-            self._unindex(entry.value.id, secret_hash)
+            self._unindex(entry.value.id, token)
 
-    def _unindex(self, key_id: str, secret_hash: str) -> None:
-        hashes = self._hashes_of_key.get(key_id)
+    def _unindex(self, key_id: str, token: str) -> None:
+        hashes = self._tokens_of_key.get(key_id)
         if hashes is not None:
-            hashes.discard(secret_hash)
+            hashes.discard(token)
             if not hashes:
-                del self._hashes_of_key[key_id]
+                del self._tokens_of_key[key_id]
 
     @staticmethod
     def _bound(table: OrderedDict[str, T], limit: int) -> None:
@@ -199,8 +208,8 @@ class KeyCache:
         """The key changed: forget it outright. Not even a store outage may bring back a
         record we know to be out of date (a deleted key must never be served stale)."""
         self._changes += 1
-        for secret_hash in list(self._hashes_of_key.get(key_id, ())):
-            self._forget_hash(secret_hash)
+        for token in list(self._tokens_of_key.get(key_id, ())):
+            self._forget_token(token)
 
     def invalidate_account(self, account_id: str) -> None:
         self._changes += 1

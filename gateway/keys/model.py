@@ -91,7 +91,7 @@ class KeyRecord:
         return replace(self, **changes)
 
     def masked_secret(self) -> str:
-        return f"gwk_…{self.secret_tail}" if self.type == API_KEY else f"{self.id}:…"
+        return f"gwk_…{self.secret_tail}" if self.type == API_KEY else f"…{self.secret_tail}"
 
     def public(self, last_used_at: float | None = None) -> dict[str, Any]:
         """What operators may see: never the secret, its hash, or anything to derive them."""

@@ -5,7 +5,9 @@ layout lives in `store.py`; every change publishes its invalidation through the 
 
 from __future__ import annotations
 
+import base64
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from gateway.config import is_scope_name
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.keys.model import (
     API_KEY,
+    HMAC_KEY,
     KEY_TYPES,
     Account,
     KeyRecord,
@@ -24,6 +27,7 @@ from gateway.keys.model import (
     new_account_id,
     new_key_id,
 )
+from gateway.keys.secrets import SecretBox
 from gateway.keys.store import KeyStore, is_cursor
 
 MAX_NAME = 200
@@ -31,6 +35,11 @@ MAX_DESCRIPTION = 1000
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_BATCH = 1000
+
+
+def new_hmac_secret() -> str:
+    """SPEC §2: 32 random bytes, base64url without padding (43 characters)."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
 
 
 class _Unset(Enum):
@@ -51,11 +60,13 @@ class KeyService:
     """`actor` names who acts in the audit trail: `cli`, or the admin token's label."""
 
     def __init__(self, store: KeyStore, *, default_scopes: Iterable[str] = (),
-                 actor: str = "cli", clock: Callable[[], float] = time.time) -> None:
+                 actor: str = "cli", clock: Callable[[], float] = time.time,
+                 secret_box: SecretBox | None = None) -> None:
         self.store = store
         self.default_scopes = tuple(default_scopes)
         self.actor = actor
         self.clock = clock
+        self.secret_box = secret_box
 
     async def _audit(self, action: str, ids: Sequence[str], **details: Any) -> None:
         # Details are chosen by each caller below and never include a secret or its hash.
@@ -134,8 +145,10 @@ class KeyService:
         """Create a key; return it and its secret, which is never available again."""
         if key_type not in KEY_TYPES:
             raise InvalidRequest("type", f"must be one of {', '.join(KEY_TYPES)}")
-        if key_type != API_KEY:
-            raise InvalidRequest("type", "HMAC keys are not available in this version yet")
+        if key_type == HMAC_KEY:
+            if expires_at is None:
+                raise InvalidRequest("expires_at", "HMAC keys need an expiry")
+            self._box()
         account = await self.get_account(account_id)
         if not account.api_access:
             raise Conflict(f"account {account_id!r} does not hold the api_access right; "
@@ -143,12 +156,18 @@ class KeyService:
         chosen = self._scopes(scopes)
         now = self.clock()
         self._check_expiry(expires_at, now)
-        secret = apikey.new_secret()
-        key = KeyRecord(
-            id=new_key_id(key_type), type=key_type, account_id=account.id, scopes=chosen,
-            created_at=now, expires_at=expires_at, description=self._description(description),
-            secret_hash=apikey.hash_secret(secret), secret_tail=apikey.tail(secret),
-        )
+        key_id = new_key_id(key_type)
+        if key_type == HMAC_KEY:
+            secret = new_hmac_secret()
+            material: dict[str, Any] = {"secret_tail": secret[-6:],
+                                        "extra": {"secret": self._box().seal(key_id, secret)}}
+        else:
+            secret = apikey.new_secret()
+            material = {"secret_hash": apikey.hash_secret(secret),
+                        "secret_tail": apikey.tail(secret)}
+        key = KeyRecord(id=key_id, type=key_type, account_id=account.id, scopes=chosen,
+                        created_at=now, expires_at=expires_at,
+                        description=self._description(description), **material)
         await self.store.create_key(key)
         await self._audit("key.create", [key.id], account_id=account.id, type=key_type,
                           scopes=list(chosen), expires_at=iso(expires_at))
@@ -236,16 +255,24 @@ class KeyService:
             raise InvalidRequest("grace", "must not be negative")
         key = await self.get_key(key_id)
         now = self.clock()
-        secret = apikey.new_secret()
         previous_until = now + grace
         if key.expires_at is not None:
             previous_until = min(previous_until, key.expires_at)
         keep_old = grace > 0 and previous_until > now
-        changed = key.with_changes(
-            secret_hash=apikey.hash_secret(secret), secret_tail=apikey.tail(secret),
-            previous_hash=key.secret_hash if keep_old else None,
-            previous_until=previous_until if keep_old else None,
-        )
+        if key.type == HMAC_KEY:
+            secret = new_hmac_secret()
+            extra = {"secret": self._box().seal(key.id, secret)}
+            if keep_old:
+                extra["previous_secret"] = key.extra["secret"]
+            changed = key.with_changes(secret_tail=secret[-6:], extra=extra,
+                                       previous_until=previous_until if keep_old else None)
+        else:
+            secret = apikey.new_secret()
+            changed = key.with_changes(
+                secret_hash=apikey.hash_secret(secret), secret_tail=apikey.tail(secret),
+                previous_hash=key.secret_hash if keep_old else None,
+                previous_until=previous_until if keep_old else None,
+            )
         await self.store.replace_key(key, changed)
         await self._audit("key.reissue", [key_id], grace_seconds=grace,
                           old_secret_valid_until=iso(changed.previous_until))
@@ -265,6 +292,12 @@ class KeyService:
         rows = await self.store.read_audit(after=after, limit=_limit(limit))
         items = [{"id": entry_id, **entry} for entry_id, entry in rows]
         return Page(items, rows[-1][0] if len(rows) == _limit(limit) else None)
+
+    def _box(self) -> SecretBox:
+        if self.secret_box is None:
+            raise Conflict("HMAC keys need a master key to encrypt their secrets: set "
+                           "GATEWAY_MASTER_KEY (32 random bytes, base64)")
+        return self.secret_box
 
     # -- validation ----------------------------------------------------------------------------
 

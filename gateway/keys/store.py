@@ -11,6 +11,9 @@ Layout (every hot-path read is a single-key GET, so Redis Cluster stays possible
                              (index members are "<created ms, 13 digits>:<id>", all scored 0, so
                              they sort by creation then id: a stable order, and the last member
                              of a page is the cursor of the next)
+    gw:hmac-keys             set of the HMAC key ids (is a master key needed at start-up?)
+    gw:nonce:{key id}:{h}    a signed request's nonce, remembered while the signature could
+                             still be accepted (SET NX PX: one round trip, on every instance)
     gw:last-used             hash key id -> epoch seconds (forward-only, batched)
     gw:audit                 stream of management changes (who, what, when, which ids)
     gw:events                pub/sub channel of invalidations: {"kind": "key"|"account", "id"}
@@ -19,13 +22,14 @@ Layout (every hot-path read is a single-key GET, so Redis Cluster stays possible
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
-from gateway.keys.model import Account, KeyRecord
+from gateway.keys.model import HMAC_KEY, Account, KeyRecord
 from gateway.store.client import Redis, store_errors
 
 SECRET = "gw:secret:"  # noqa: S105 - a key prefix, not a password
@@ -37,6 +41,8 @@ ACCOUNT_KEYS = "gw:account-keys:"
 LAST_USED = "gw:last-used"
 EVENTS = "gw:events"
 AUDIT = "gw:audit"
+HMAC_KEYS = "gw:hmac-keys"
+NONCE = "gw:nonce:"
 DEMO_KEY_ID = "gw:demo-key-id"
 AUDIT_MAX_ENTRIES = 1_000_000
 _CURSOR = re.compile(r"^\d{13}:[A-Za-z0-9_]{1,64}$")
@@ -112,6 +118,8 @@ class KeyStore:
                 member = index_member(key.created_at, key.id)
                 pipe.zadd(KEYS_INDEX, {member: 0})
                 pipe.zadd(ACCOUNT_KEYS + key.account_id, {member: 0})
+                if key.type == HMAC_KEY:
+                    pipe.sadd(HMAC_KEYS, key.id)
                 await pipe.execute()
 
     async def replace_key(self, old: KeyRecord, new: KeyRecord) -> None:
@@ -142,6 +150,7 @@ class KeyStore:
                 member = index_member(key.created_at, key.id)
                 pipe.zrem(KEYS_INDEX, member)
                 pipe.zrem(ACCOUNT_KEYS + key.account_id, member)
+                pipe.srem(HMAC_KEYS, key.id)
                 pipe.hdel(LAST_USED, key.id)
                 await pipe.execute()
         await self.publish("key", key.id)
@@ -157,6 +166,20 @@ class KeyStore:
     async def publish(self, kind: str, ident: str) -> None:
         with store_errors():
             await self.redis.publish(EVENTS, orjson.dumps({"kind": kind, "id": ident}))
+
+    # -- signed requests ------------------------------------------------------------------------
+
+    async def use_nonce(self, key_id: str, nonce: str, ttl: float) -> bool:
+        """Record a nonce; False when it was already used within its window."""
+        digest = hashlib.sha256(nonce.encode()).hexdigest()[:32]  # bounded key length
+        with store_errors():
+            stored = await self.redis.set(f"{NONCE}{key_id}:{digest}", b"1", nx=True,
+                                          px=max(int(ttl * 1000), 1))
+        return bool(stored)
+
+    async def hmac_key_count(self) -> int:
+        with store_errors():
+            return int(await self.redis.scard(HMAC_KEYS))
 
     # -- listing (pages in a stable order; memory bounded by the page, never the table) ------
 

@@ -38,6 +38,7 @@ class UpstreamRequest:
     url: URL
     headers: CIMultiDict[str]
     request_id: str
+    body: bytes | None = None  # already read (a signed body); else the body is streamed
 
 
 class _ClientGone(Exception):
@@ -98,9 +99,11 @@ async def forward(pool: UpstreamPool, request: web.BaseRequest,
     route = upstream.route
     timeout = aiohttp.ClientTimeout(total=None, connect=route.connect_timeout,
                                     sock_read=route.timeout)
-    body = _body_from(request) if request.body_exists else None
-    if body is not None and request.headers.get("Expect", "").lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    body: bytes | AsyncIterator[bytes] | None = upstream.body
+    if body is None and request.body_exists:
+        body = _body_from(request)
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     try:
         upstream_response = await pool.session.request(
             upstream.method, upstream.url, headers=upstream.headers, data=body,

@@ -55,9 +55,10 @@ class ProxyHandler:
             target = parse_target(request.raw_path)
             match = state.routes.match(target)
             route = match.route
-            identity = None
+            identity = body = None
             if not route.public:
-                identity = await self.authenticator.authenticate(request.headers, route)
+                authenticated = await self.authenticator.authenticate(request, route)
+                identity, body = authenticated.identity, authenticated.body
             peer = request.remote
             headers = upstream_request_headers(
                 request.headers,
@@ -72,7 +73,7 @@ class ProxyHandler:
                 url_text += "?" + target.query
             upstream = UpstreamRequest(route=route, method=request.method,
                                        url=URL(url_text, encoded=True), headers=headers,
-                                       request_id=request_id)
+                                       request_id=request_id, body=body)
             return await forward(self.pool, request, upstream)
         except RequestRefused as refused:
             return error_response(refused, request_id)

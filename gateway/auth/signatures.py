@@ -1,0 +1,245 @@
+"""RFC 9421 HTTP Message Signatures with `hmac-sha256` (SPEC §4): pure, no I/O.
+
+`Signature-Input` and `Signature` are RFC 8941 dictionaries, parsed with `http-sfv`. The
+signature base is built exactly as RFC 9421 §2.5 says; the `@signature-params` line is the
+canonical serialisation of the inner list and its parameters. `Content-Digest` (RFC 9530) is
+checked here too. The client signer (`gateway.client`) builds its base with the same function, so
+the two cannot drift apart; RFC 9421 Appendix B.2.5 pins both to the standard.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from http_sfv.dictionary import Dictionary
+from http_sfv.item import InnerList
+from multidict import CIMultiDictProxy
+
+ALGORITHM = "hmac-sha256"
+DIGESTS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
+# Derived components the gateway can rebuild from the request (RFC 9421 §2.2).
+DERIVED = frozenset({"@method", "@target-uri", "@authority", "@scheme", "@request-target",
+                     "@path", "@query"})
+MAX_FIELD = 8192
+
+
+class SignatureError(Exception):
+    """A signature that cannot be accepted; `code` is the SPEC §5 code to answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _invalid(message: str) -> SignatureError:
+    return SignatureError("invalid_signature", message)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the signature base may cover, as the request arrived."""
+
+    method: str
+    scheme: str
+    authority: str  # host[:port], lower-case, default port omitted
+    path: str  # as sent, percent-encoding untouched
+    query: str | None  # without '?'; None when the target had no '?'
+    headers: CIMultiDictProxy[str] | Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedSignature:
+    label: str
+    components: tuple[str, ...]
+    params_line: str  # canonical serialisation for the @signature-params line
+    signature: bytes
+    keyid: str
+    created: int
+    expires: int | None
+    nonce: str
+    alg: str | None
+
+
+def authority_of(host: str, scheme: str) -> str:
+    """RFC 9421 §2.2.3: lower-case host, port only when not the scheme's default."""
+    host = host.strip().lower()
+    default = ":443" if scheme == "https" else ":80"
+    return host[: -len(default)] if host.endswith(default) else host
+
+
+def parse(signature_input: str, signature: str) -> ParsedSignature:
+    """Parse the two fields and pick the signature the gateway checks: the first whose `keyid`
+    names a gateway HMAC key (`gwh_...`), else the first."""
+    if len(signature_input) > MAX_FIELD or len(signature) > MAX_FIELD:
+        raise _invalid("signature fields are too long")
+    if not signature_input or not signature:
+        raise _invalid("both Signature-Input and Signature are required")
+    inputs = Dictionary()
+    values = Dictionary()
+    try:
+        inputs.parse(signature_input.encode("ascii"))
+        values.parse(signature.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise _invalid(f"malformed signature field: {exc}") from None
+    labels = [label for label in inputs if label in values]
+    if not labels:
+        raise _invalid("no Signature-Input entry has a matching Signature entry")
+    chosen = next((label for label in labels
+                   if str(inputs[label].params.get("keyid", "")).startswith("gwh_")), labels[0])
+    inner = inputs[chosen]
+    if not isinstance(inner, InnerList):
+        raise _invalid(f"Signature-Input {chosen!r} is not an inner list")
+    sig_item = values[chosen]
+    if isinstance(sig_item, InnerList) or not isinstance(sig_item.value, bytes):
+        raise _invalid(f"Signature {chosen!r} is not a byte sequence")
+    components: list[str] = []
+    for item in inner:
+        if not isinstance(item.value, str):
+            raise _invalid("covered components must be strings")
+        if item.params:
+            raise _invalid(f"component parameters are not supported ({item.value!r})")
+        name = item.value
+        if name != name.lower():
+            raise _invalid(f"component names are lower-case ({name!r})")
+        if name.startswith("@") and name not in DERIVED:
+            raise _invalid(f"unsupported derived component {name!r}")
+        if name in components:
+            raise _invalid(f"component {name!r} is listed twice")
+        components.append(name)
+    params = inner.params
+    for name in params:
+        if name not in ("created", "expires", "nonce", "alg", "keyid", "tag"):
+            raise _invalid(f"unknown signature parameter {name!r}")
+    keyid, created, nonce = params.get("keyid"), params.get("created"), params.get("nonce")
+    expires, alg = params.get("expires"), params.get("alg")
+    if not isinstance(keyid, str) or not keyid:
+        raise _invalid("the keyid parameter is required")
+    if not isinstance(created, int) or isinstance(created, bool):
+        raise _invalid("the created parameter is required (an integer)")
+    if expires is not None and (not isinstance(expires, int) or isinstance(expires, bool)):
+        raise _invalid("the expires parameter must be an integer")
+    if not isinstance(nonce, str) or not nonce:
+        raise _invalid("the nonce parameter is required")
+    if alg is not None and alg != ALGORITHM:
+        raise _invalid(f"unsupported alg {alg!r}: only {ALGORITHM} is accepted")
+    return ParsedSignature(label=chosen, components=tuple(components), params_line=str(inner),
+                           signature=sig_item.value, keyid=keyid, created=created,
+                           expires=expires, nonce=nonce, alg=alg)
+
+
+def required_components(*, has_query: bool, has_body: bool) -> tuple[str, ...]:
+    needed = ["@method", "@authority", "@path"]
+    if has_query:
+        needed.append("@query")
+    if has_body:
+        needed.append("content-digest")
+    return tuple(needed)
+
+
+def check_coverage(parsed: ParsedSignature, *, has_query: bool, has_body: bool) -> None:
+    missing = [c for c in required_components(has_query=has_query, has_body=has_body)
+               if c not in parsed.components]
+    if missing:
+        raise _invalid("the signature must cover " + ", ".join(missing))
+
+
+def component_value(name: str, facts: RequestFacts) -> str:
+    if name == "@method":
+        return facts.method
+    if name == "@authority":
+        return facts.authority
+    if name == "@scheme":
+        return facts.scheme
+    if name == "@path":
+        return facts.path or "/"
+    if name == "@query":
+        return "?" + (facts.query or "")
+    if name == "@request-target":
+        return (facts.path or "/") + ("?" + facts.query if facts.query is not None else "")
+    if name == "@target-uri":
+        query = "?" + facts.query if facts.query is not None else ""
+        return f"{facts.scheme}://{facts.authority}{facts.path or '/'}{query}"
+    headers = facts.headers
+    values = (headers.getall(name, []) if isinstance(headers, CIMultiDictProxy)
+              else [v for k, v in headers.items() if k.lower() == name])
+    if not values:
+        raise _invalid(f"covered field {name!r} is not in the request")
+    # RFC 9421 §2.1: each field line trimmed, several combined with ", ".
+    return ", ".join(v.strip() for v in values)
+
+
+def signature_base(components: Sequence[str], params_line: str, facts: RequestFacts) -> bytes:
+    lines = [f'"{name}": {component_value(name, facts)}' for name in components]
+    lines.append(f'"@signature-params": {params_line}')
+    base = "\n".join(lines)
+    if any(ord(ch) > 126 or (ord(ch) < 32 and ch != "\n") for ch in base):
+        raise _invalid("covered values must be printable ASCII")
+    return base.encode("ascii")
+
+
+def hmac_sha256(key: bytes, base: bytes) -> bytes:
+    return hmac.new(key, base, hashlib.sha256).digest()
+
+
+def signature_matches(parsed: ParsedSignature, facts: RequestFacts,
+                      keys: Sequence[bytes]) -> bool:
+    """True when any of `keys` (current secret, old one in its grace) made the signature.
+    Every key is tried and compared in constant time."""
+    base = signature_base(parsed.components, parsed.params_line, facts)
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(hmac_sha256(key, base), parsed.signature)
+    return matched
+
+
+def check_time(parsed: ParsedSignature, now: float, clock_skew: float) -> None:
+    if abs(now - parsed.created) > clock_skew:
+        raise SignatureError("signature_expired",
+                             f"created is more than {clock_skew:.0f}s from the gateway's clock")
+    if parsed.expires is not None and now > parsed.expires:
+        raise SignatureError("signature_expired", "the signature has expired")
+
+
+def nonce_ttl(parsed: ParsedSignature, now: float, clock_skew: float) -> float:
+    """How long the nonce must be remembered: as long as the signature could be accepted."""
+    until = parsed.created + clock_skew
+    if parsed.expires is not None:
+        until = min(until, parsed.expires)
+    return max(until - now, 0.0) + 1.0
+
+
+def parse_content_digest(value: str) -> dict[str, bytes]:
+    field = Dictionary()
+    try:
+        field.parse(value.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise _invalid(f"malformed Content-Digest: {exc}") from None
+    out: dict[str, bytes] = {}
+    for algorithm, item in field.items():
+        if isinstance(item, InnerList) or not isinstance(item.value, bytes):
+            raise _invalid("Content-Digest values must be byte sequences")
+        out[algorithm] = item.value
+    return out
+
+
+def check_content_digest(value: str | None, body: bytes) -> None:
+    """RFC 9530: at least one digest the gateway knows (sha-256, sha-512), and every known one
+    present must match the body received."""
+    if value is None:
+        raise _invalid("a request with a body needs a Content-Digest header")
+    digests = parse_content_digest(value)
+    known = {name: digest for name, digest in digests.items() if name in DIGESTS}
+    if not known:
+        raise _invalid("Content-Digest has no sha-256 or sha-512 value")
+    for name, digest in known.items():
+        if not hmac.compare_digest(DIGESTS[name](body).digest(), digest):
+            raise _invalid(f"Content-Digest {name} does not match the body")
+
+
+def content_digest(body: bytes, algorithm: str = "sha-256") -> str:
+    return f"{algorithm}=:{base64.b64encode(DIGESTS[algorithm](body).digest()).decode()}:"
