@@ -80,6 +80,7 @@ def signing_middleware(key_id: str, secret: str) -> aiohttp.ClientMiddlewareType
     async def middleware(request: aiohttp.ClientRequest,
                          handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
         body = request.body  # b"" when there is none, else a Payload
+        data: bytes = b""
         if isinstance(body, bytes):
             data = body
         elif body.size is None:

@@ -67,3 +67,4 @@ def config_check(path: str) -> None:
 
 main.add_command(manage.accounts)
 main.add_command(manage.keys)
+main.add_command(manage.audit)

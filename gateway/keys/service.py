@@ -179,6 +179,11 @@ class KeyService:
             raise NotFound(f"no key with id {key_id!r}")
         return key
 
+    async def get_keys(self, key_ids: Sequence[str]) -> list[KeyRecord]:
+        """The keys that exist among `key_ids` (one round trip), in the order asked."""
+        found = {k.id: k for k in await self.store.get_keys(list(dict.fromkeys(key_ids)))}
+        return [found[i] for i in dict.fromkeys(key_ids) if i in found]
+
     async def last_used(self, key_id: str) -> float | None:
         return await self.store.last_used(key_id)
 
@@ -255,6 +260,9 @@ class KeyService:
             raise InvalidRequest("grace", "must not be negative")
         key = await self.get_key(key_id)
         now = self.clock()
+        if key.expires_at is not None and key.expires_at <= now:
+            raise Conflict(f"key {key_id!r} has expired; extend its expiry first, or create a "
+                           "new key")
         previous_until = now + grace
         if key.expires_at is not None:
             previous_until = min(previous_until, key.expires_at)
