@@ -11,7 +11,7 @@ import click
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, GatewayError
 
-from . import manage
+from . import manage, sign
 
 CONFIG_HELP = "YAML config file (default: $GATEWAY_CONFIG, else built-in defaults)."
 
@@ -68,3 +68,4 @@ def config_check(path: str) -> None:
 main.add_command(manage.accounts)
 main.add_command(manage.keys)
 main.add_command(manage.audit)
+main.add_command(sign.sign)

@@ -20,7 +20,8 @@ import click
 
 from gateway.config import load_config, parse_duration
 from gateway.errors import ConfigError, GatewayError, NotFound
-from gateway.keys.model import API_KEY, Account
+from gateway.keys.model import API_KEY, HMAC_KEY, Account
+from gateway.keys.secrets import SecretBox, load_master_key
 from gateway.keys.service import UNSET, KeyService, Unset
 from gateway.keys.store import KeyStore
 from gateway.store.client import open_redis
@@ -41,7 +42,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 async def _service(config_path: str | None) -> AsyncIterator[KeyService]:
     config = load_config(config_path, os.environ)
     async with open_redis(config) as (redis, _url):
-        yield KeyService(KeyStore(redis), default_scopes=config.keys.default_scopes)
+        # With the embedded store the master key file is made on first use; an external store
+        # needs GATEWAY_MASTER_KEY, and only HMAC keys ask for it.
+        master_key = load_master_key(config, create=True)
+        yield KeyService(KeyStore(redis), default_scopes=config.keys.default_scopes,
+                         secret_box=SecretBox(master_key) if master_key else None)
 
 
 def with_service(func: Callable[..., Awaitable[None]]) -> Callable[..., None]:
@@ -128,8 +133,10 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--account", "account_id", required=True, help="The owning account's id.")
-@click.option("--type", "key_type", type=click.Choice(["api-key"]), default="api-key",
-              show_default=True, help="Kind of key.")
+@click.option("--type", "key_type", type=click.Choice(["api-key", "hmac"]),
+              default="api-key", show_default=True,
+              help="api-key: a bearer secret (Authorization: Api-Key ...); hmac: a token and "
+                   "a secret for RFC 9421 signed requests (needs an expiry).")
 @click.option("--scope", "scopes", multiple=True,
               help="A scope the key holds (repeat for more); default: keys.default_scopes.")
 @click.option("--expires-in", help="Lifetime such as 30d, 12h or 90m.")
@@ -144,9 +151,11 @@ async def keys_create(service: KeyService, account_id: str, key_type: str,
     """Create a key. Its secret is printed once and can never be shown again."""
     expiry = parse_expiry(expires_in, expires_at)
     key, secret = await service.create_key(
-        account_id=account_id, key_type=API_KEY if key_type == "api-key" else key_type,
+        account_id=account_id, key_type=API_KEY if key_type == "api-key" else HMAC_KEY,
         scopes=scopes, expires_at=expiry, description=description)
     record = {**key.public(), "secret": secret}
+    if key.type == HMAC_KEY:
+        record["token"] = key.id  # the source system's name for an HMAC key's id
     if as_json:
         emit_json(record)
         return
