@@ -128,7 +128,7 @@ async def accounts_create(service: KeyService, name: str, no_api_access: bool,
 
 @click.group("keys")
 def keys() -> None:
-    """Manage API keys."""
+    """Manage keys: API keys and HMAC keys."""
 
 
 @keys.command("create")
