@@ -63,7 +63,8 @@ def sign_request(method: str, url: str, *, key_id: str, secret: str,
     inner.params["alg"] = ALGORITHM
     params_line = str(inner)
     facts = RequestFacts(method=method.upper(), scheme=parts.scheme,
-                         authority=authority_of(parts.netloc, parts.scheme),
+                         # userinfo is not part of the authority a client sends as Host
+                         authority=authority_of(parts.netloc.rpartition("@")[2], parts.scheme),
                          path=parts.path or "/", query=parts.query if has_query else None,
                          headers=fields)
     signature = hmac_sha256(secret.encode("ascii"),

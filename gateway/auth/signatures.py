@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from http_sfv.dictionary import Dictionary
 from http_sfv.item import InnerList
+from http_sfv.types import Token
 from multidict import CIMultiDictProxy
 
 ALGORITHM = "hmac-sha256"
@@ -99,8 +100,9 @@ def parse(signature_input: str, signature: str) -> ParsedSignature:
         raise _invalid(f"Signature {chosen!r} is not a byte sequence")
     components: list[str] = []
     for item in inner:
-        if not isinstance(item.value, str):
-            raise _invalid("covered components must be strings")
+        # RFC 9421 §2: component names are sf-strings; http-sfv's Token is a str subclass.
+        if not isinstance(item.value, str) or isinstance(item.value, Token):
+            raise _invalid("covered components must be quoted strings")
         if item.params:
             raise _invalid(f"component parameters are not supported ({item.value!r})")
         name = item.value
@@ -117,6 +119,9 @@ def parse(signature_input: str, signature: str) -> ParsedSignature:
             raise _invalid(f"unknown signature parameter {name!r}")
     keyid, created, nonce = params.get("keyid"), params.get("created"), params.get("nonce")
     expires, alg = params.get("expires"), params.get("alg")
+    for name in ("keyid", "nonce", "alg", "tag"):
+        if isinstance(params.get(name), Token):
+            raise _invalid(f"the {name} parameter must be a quoted string")
     if not isinstance(keyid, str) or not keyid:
         raise _invalid("the keyid parameter is required")
     if not isinstance(created, int) or isinstance(created, bool):
