@@ -78,6 +78,17 @@ class ListenConfig:
     port: int = 8080
     # Peers whose X-Forwarded-* headers are trusted and extended rather than replaced.
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    # On SIGTERM, how long requests in flight may take to finish before they are cut.
+    drain_timeout: float = 30.0
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    access_log: bool = True  # one JSON line per request on stdout
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +161,19 @@ class Config:
     routes: tuple[RouteConfig, ...] = ()
     data_dir: Path = Path(".gateway")
     master_key: bytes | None = field(default=None, repr=False)
+    log: LogConfig = LogConfig()
+    # SHA-256 (first 16 hex digits) of the file as loaded: which config is running.
+    digest: str = "defaults"
+
+    def restart_needed_for(self, new: Config) -> list[str]:
+        """Settings a reload cannot change in a running process."""
+        fixed = [("listen.host", self.listen.host, new.listen.host),
+                 ("listen.port", self.listen.port, new.listen.port),
+                 ("admin.host", self.admin.host, new.admin.host),
+                 ("admin.port", self.admin.port, new.admin.port),
+                 ("redis.url", self.redis.url, new.redis.url),
+                 ("data_dir", self.data_dir, new.data_dir)]
+        return [name for name, old, now in fixed if old != now]
 
 
 class _Reader:
@@ -370,7 +394,14 @@ _LISTEN, _ADMIN, _REDIS, _KEYS, _HMAC = (ListenConfig(), AdminConfig(), RedisCon
                                          KeysConfig(), HmacConfig())
 
 
-def build_config(data: object, source: str, env: Mapping[str, str] | None = None) -> Config:
+def _log_level(value: object) -> str:
+    if value not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return str(value)
+
+
+def build_config(data: object, source: str, env: Mapping[str, str] | None = None,
+                 digest: str = "defaults") -> Config:
     """Validate parsed YAML (plus environment overrides) into a Config, or raise ConfigError."""
     env = env or {}
     reader = _Reader()
@@ -378,14 +409,22 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigProblem("", "expected a mapping at the top level")])
-    reader.unknown(data, "", {"listen", "admin", "redis", "keys", "hmac", "routes", "data_dir"})
+    reader.unknown(data, "", {"listen", "admin", "redis", "keys", "hmac", "routes", "data_dir",
+                              "log"})
 
-    raw = reader.section(data, "listen", {"host", "port", "trusted_proxies"})
+    raw = reader.section(data, "listen", {"host", "port", "trusted_proxies", "drain_timeout"})
     listen = ListenConfig(
         host=reader.get(raw, "host", "listen.host", _string, _LISTEN.host),
         port=reader.get(raw, "port", "listen.port", _port, _LISTEN.port),
         trusted_proxies=reader.get(raw, "trusted_proxies", "listen.trusted_proxies",
                                    _networks, ()),
+        drain_timeout=reader.get(raw, "drain_timeout", "listen.drain_timeout",
+                                 parse_duration, _LISTEN.drain_timeout),
+    )
+    raw = reader.section(data, "log", {"level", "access_log"})
+    log = LogConfig(
+        level=reader.get(raw, "level", "log.level", _log_level, "info"),
+        access_log=reader.get(raw, "access_log", "log.access_log", _boolean, True),
     )
     raw = reader.section(data, "admin", {"host", "port", "token", "tokens"})
     admin = AdminConfig(
@@ -440,7 +479,8 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
     if reader.problems:
         raise ConfigError(source, reader.problems)
     return Config(source=source, listen=listen, admin=admin, redis=redis, keys=keys, hmac=hmac,
-                  routes=routes, data_dir=data_dir, master_key=master_key)
+                  routes=routes, data_dir=data_dir, master_key=master_key, log=log,
+                  digest=digest)
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
@@ -462,4 +502,5 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [ConfigProblem("", f"{where}invalid YAML: {reason}")]) from None
-    return build_config(data, source, env)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return build_config(data, source, env, digest)

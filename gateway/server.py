@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -25,14 +25,14 @@ from gateway.keys.cache import InvalidationListener, KeyCache
 from gateway.keys.secrets import MasterKeyError, SecretBox, load_master_key
 from gateway.keys.store import KeyStore
 from gateway.keys.usage import UsageRecorder
+from gateway.observability.access_log import AccessLog
 from gateway.proxy.forward import UpstreamPool
 from gateway.proxy.handler import ProxyHandler, ProxyState
+from gateway.reload import ConfigReloader
 from gateway.store.client import Redis, open_redis
 
 log = logging.getLogger(__name__)
 
-# How long SIGTERM waits for requests in flight before closing their connections.
-DRAIN_TIMEOUT = 30.0
 # Largest request line and header field the proxy listener parses (aiohttp's defaults).
 MAX_LINE_SIZE = 8190
 MAX_FIELD_SIZE = 8190
@@ -41,13 +41,15 @@ MAX_FIELD_SIZE = 8190
 @dataclass(frozen=True, slots=True)
 class RunningGateway:
     proxy_port: int
-    admin_port: int
+    admin_port: int | None  # None for a worker, whose supervisor serves the admin listener
     redis_url: str
     redis: Redis
     handler: ProxyHandler
     cache: KeyCache
     usage: UsageRecorder
     listener: InvalidationListener
+    reloader: ConfigReloader
+    access_log: AccessLog
 
 
 def _bound_port(runner: web.BaseRunner) -> int:
@@ -55,7 +57,10 @@ def _bound_port(runner: web.BaseRunner) -> int:
 
 
 @asynccontextmanager
-async def serve(config: Config, *, demo: bool = False) -> AsyncIterator[RunningGateway]:
+async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | None = None,
+                admin: bool = True, reuse_port: bool = False) -> AsyncIterator[RunningGateway]:
+    """The gateway in this process: the proxy listener and (unless `admin` is False, as in a
+    supervised worker) the admin listener."""
     # Started in order, stopped in reverse: requests drain first, then last-use data is
     # flushed, then the store goes away.
     async with AsyncExitStack() as stack:
@@ -88,52 +93,70 @@ async def serve(config: Config, *, demo: bool = False) -> AsyncIterator[RunningG
         await pool.start()
         stack.push_async_callback(pool.close)
 
+        access_log = AccessLog(enabled=config.log.access_log)
+        stack.callback(access_log.flush)
         authenticator = Authenticator(cache, usage, store, config.hmac, secret_box)
-        handler = ProxyHandler(ProxyState.from_config(config), pool, authenticator)
+        handler = ProxyHandler(ProxyState.from_config(config), pool, authenticator, access_log)
+
+        async def apply(new: Config) -> None:
+            handler.reload(new)
+
+        reloader = ConfigReloader(lambda: handler.state.config, apply, env or {})
         proxy_runner = web.ServerRunner(
             web.Server(handler, access_log=None, max_line_size=MAX_LINE_SIZE,
                        max_field_size=MAX_FIELD_SIZE),
-            shutdown_timeout=DRAIN_TIMEOUT,
+            shutdown_timeout=config.listen.drain_timeout,
         )
         await proxy_runner.setup()
         stack.push_async_callback(proxy_runner.cleanup)
-        await web.TCPSite(proxy_runner, config.listen.host, config.listen.port).start()
+        await web.TCPSite(proxy_runner, config.listen.host, config.listen.port,
+                          reuse_port=reuse_port).start()
 
-        admin_runner = web.AppRunner(create_admin_app(store, lambda: handler.state.config),
-                                     access_log=None)
-        await admin_runner.setup()
-        stack.push_async_callback(admin_runner.cleanup)
-        await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
+        admin_port = None
+        if admin:
+            admin_runner = web.AppRunner(
+                create_admin_app(store, lambda: handler.state.config, reloader),
+                access_log=None)
+            await admin_runner.setup()
+            stack.push_async_callback(admin_runner.cleanup)
+            await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
+            admin_port = _bound_port(admin_runner)
 
-        yield RunningGateway(proxy_port=_bound_port(proxy_runner),
-                             admin_port=_bound_port(admin_runner), redis_url=redis_url,
-                             redis=redis, handler=handler, cache=cache, usage=usage,
-                             listener=listener)
+        yield RunningGateway(proxy_port=_bound_port(proxy_runner), admin_port=admin_port,
+                             redis_url=redis_url, redis=redis, handler=handler, cache=cache,
+                             usage=usage, listener=listener, reloader=reloader,
+                             access_log=access_log)
 
 
-async def _secret_box(config: Config, store: KeyStore) -> SecretBox | None:
-    """The master key opens HMAC secrets. HMAC keys in the store and no master key is a
-    configuration error, said at start-up rather than on the first signed request."""
-    master_key = load_master_key(config)
+async def check_master_key(master_key: bytes | None, store: KeyStore) -> None:
+    """HMAC keys in the store and no master key is a configuration error, said at start-up
+    rather than on the first signed request."""
     if master_key is not None:
-        return SecretBox(master_key)
+        return
     try:
         count = await store.hmac_key_count()
     except StoreError:
         log.warning("could not check the store for HMAC keys at start-up")
-        return None
+        return
     if count:
         raise MasterKeyError(f"the key store holds {count} HMAC key(s) but no master key is "
                              "configured: set GATEWAY_MASTER_KEY")
-    return None
 
 
-async def _main(config: Config, demo: bool) -> None:
+async def _secret_box(config: Config, store: KeyStore) -> SecretBox | None:
+    master_key = load_master_key(config)
+    await check_master_key(master_key, store)
+    return SecretBox(master_key) if master_key is not None else None
+
+
+async def _main(config: Config, demo: bool, env: Mapping[str, str]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with serve(config, demo=demo) as running:
+    async with serve(config, demo=demo, env=env) as running:
+        loop.add_signal_handler(signal.SIGHUP,
+                                lambda: asyncio.ensure_future(running.reloader.reload()))
         log.info("gateway listening on http://%s:%d (admin on http://%s:%d), key store %s",
                  config.listen.host, running.proxy_port, config.admin.host, running.admin_port,
                  "embedded" if config.redis.url == "embedded" else "external")
@@ -142,5 +165,5 @@ async def _main(config: Config, demo: bool) -> None:
     log.info("stopped")
 
 
-def run(config: Config, *, demo: bool = False) -> None:
-    uvloop.run(_main(config, demo))
+def run(config: Config, *, demo: bool = False, env: Mapping[str, str] | None = None) -> None:
+    uvloop.run(_main(config, demo, env or {}))

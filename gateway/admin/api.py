@@ -24,11 +24,13 @@ from gateway.keys.model import API_KEY
 from gateway.keys.service import UNSET, KeyService, Unset
 from gateway.keys.store import KeyStore
 from gateway.proxy.headers import request_id_from
+from gateway.reload import ConfigReloader
 
 log = logging.getLogger(__name__)
 
 CONFIG_KEY: web.AppKey[Callable[[], Config]] = web.AppKey("config")
 STORE_KEY: web.AppKey[KeyStore] = web.AppKey("store", KeyStore)
+RELOADER_KEY: web.AppKey[ConfigReloader | None] = web.AppKey("reloader")
 ACTOR: web.RequestKey[str] = web.RequestKey("actor", str)
 MAX_BODY = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -316,6 +318,20 @@ async def audit(request: web.Request) -> web.Response:
     return _page(page.items, page.next_cursor)
 
 
+# -- operations ----------------------------------------------------------------------------------
+
+async def reload_config(request: web.Request) -> web.Response:
+    reloader = request.app[RELOADER_KEY]
+    if reloader is None:
+        raise web.HTTPNotFound(reason="this process does not reload its config")
+    result = await reloader.reload()
+    if not result.ok:
+        request_id = request_id_from(request.headers.get("X-Request-Id"))
+        return _error(422, "invalid_config", result.message, request_id)
+    return _json({"status": "reloaded", "config_hash": result.digest,
+                  "message": result.message})
+
+
 def add_admin_routes(app: web.Application) -> None:
     add = app.router.add_route
     add("GET", "/admin/accounts", list_accounts)
@@ -331,3 +347,4 @@ def add_admin_routes(app: web.Application) -> None:
     add("DELETE", "/admin/keys/{key_id}", delete_key)
     add("POST", "/admin/keys/{key_id}/reissue", reissue_key)
     add("GET", "/admin/audit", audit)
+    add("POST", "/admin/reload", reload_config)

@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
-from gateway.admin.api import CONFIG_KEY, STORE_KEY, add_admin_routes, admin_middleware
+from gateway.admin.api import (
+    CONFIG_KEY,
+    RELOADER_KEY,
+    STORE_KEY,
+    add_admin_routes,
+    admin_middleware,
+)
 from gateway.admin.openapi import openapi_document
 from gateway.config import Config
 from gateway.errors import StoreError
 from gateway.keys.store import KeyStore
+from gateway.observability.metrics import render
+from gateway.reload import ConfigReloader
 from gateway.store.client import store_errors
 
 log = logging.getLogger(__name__)
@@ -32,7 +41,14 @@ async def readyz(request: web.Request) -> web.Response:
         reason = str(exc) or "key store did not answer in time"
         return web.json_response({"status": "unavailable", "reason": reason}, status=503)
     return web.json_response({"status": "ready", "config": config.source,
-                              "routes": len(config.routes)})
+                              "config_hash": config.digest, "routes": len(config.routes)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = render(request.app[METRICS_DIR_KEY])
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -40,15 +56,21 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 OPENAPI_KEY: web.AppKey[dict[str, object]] = web.AppKey("openapi")
+METRICS_DIR_KEY: web.AppKey[Path | None] = web.AppKey("metrics_dir")
 
 
-def create_admin_app(store: KeyStore, config: Callable[[], Config]) -> web.Application:
+def create_admin_app(store: KeyStore, config: Callable[[], Config],
+                     reloader: ConfigReloader | None = None,
+                     metrics_dir: Path | None = None) -> web.Application:
     app = web.Application(middlewares=[admin_middleware], client_max_size=64 * 1024)
     app[STORE_KEY] = store
     app[CONFIG_KEY] = config
+    app[RELOADER_KEY] = reloader
+    app[METRICS_DIR_KEY] = metrics_dir
     app[OPENAPI_KEY] = openapi_document()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/openapi.json", openapi)
     add_admin_routes(app)
     if not config().admin.all_tokens():

@@ -168,6 +168,13 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
+SCHEMAS["Reloaded"] = {
+    "type": "object", "additionalProperties": False,
+    "required": ["status", "config_hash", "message"],
+    "properties": {"status": {"type": "string", "enum": ["reloaded"]},
+                   "config_hash": {"type": "string"}, "message": {"type": "string"}},
+}
+
 # A created or reissued key: the record plus its secret, shown this once.
 SCHEMAS["KeyWithSecret"] = {
     **SCHEMAS["Key"],
@@ -231,6 +238,12 @@ def openapi_document() -> dict[str, Any]:
                         "The key and its new secret", _ref("KeyWithSecret"),
                         params=key_id, body=_json_body(_ref("Reissue"), required=False),
                         errors=("400", "401", "404", "422", "503")),
+        },
+        "/admin/reload": {
+            "post": _op("Reload the config file: validated first; an invalid file is refused "
+                        "(422 invalid_config, with the reason) and the running config stays",
+                        "The config now running", _ref("Reloaded"),
+                        errors=("401", "404", "422", "503")),
         },
         "/admin/audit": {
             "get": _op("Read the audit trail, oldest first", "A page of audit entries",

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.auth import apikey, signatures
-from gateway.auth.credentials import ApiKeyCredential, SignatureCredential, credential_from
+from gateway.auth.credentials import (
+    ApiKeyCredential,
+    Credential,
+    SignatureCredential,
+    credential_from,
+)
 from gateway.auth.decide import Allow, Deny, decide, method_accepted, scope_decision
 from gateway.config import HmacConfig, RouteConfig
 from gateway.errors import RequestRefused, StoreUnavailable
@@ -24,6 +29,7 @@ from gateway.keys.model import Account, KeyRecord
 from gateway.keys.secrets import MasterKeyError, SecretBox
 from gateway.keys.store import KeyStore
 from gateway.keys.usage import UsageRecorder
+from gateway.observability.metrics import AUTH_RESULTS, STORE_ERRORS
 
 AUTH_METHOD_HEADER_VALUE = {"api_key": "api-key", "hmac": "hmac"}
 MAX_OPENED_SECRETS = 10_000
@@ -49,6 +55,7 @@ def _refuse(decision: Deny) -> RequestRefused:
 
 
 def _store_down() -> RequestRefused:
+    STORE_ERRORS.inc()
     return RequestRefused("key_store_unavailable", "the key store is unavailable; retry shortly")
 
 
@@ -65,7 +72,20 @@ class Authenticator:
         self._opened: dict[str, bytes] = {}  # sealed secret -> HMAC key bytes
 
     async def authenticate(self, request: web.BaseRequest, route: RouteConfig) -> Authenticated:
-        credential = credential_from(request.headers)
+        method = "none"
+        try:
+            credential = credential_from(request.headers)
+            if credential is not None:
+                method = credential.method
+            result = await self._authenticate(credential, request, route)
+        except RequestRefused as refused:
+            AUTH_RESULTS.labels(method, refused.code).inc()
+            raise
+        AUTH_RESULTS.labels(method, "ok").inc()
+        return result
+
+    async def _authenticate(self, credential: Credential | None, request: web.BaseRequest,
+                            route: RouteConfig) -> Authenticated:
         if credential is None:
             raise RequestRefused("missing_credentials",
                                  "this route needs an API key (Authorization: Api-Key <key>) "

@@ -31,21 +31,37 @@ def main() -> None:
 
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Worker processes sharing the proxy port (default: the number of CPUs). "
+                   "With 1, everything runs in this one process.")
 @click.option("--demo", is_flag=True,
               help="Also serve the demo upstreams (functions, speech, vision, translate) on "
                    "127.0.0.1:9101-9104, as config/gateway.example.yaml expects, and create a "
                    "demo account and API key on the first start.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def run(config_path: str | None, demo: bool, log_level: str) -> None:
-    """Run the gateway."""
-    from gateway.server import run as run_server  # deferred: keeps `--help` fast
-
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+@click.option("--log-level", default=None,
+              type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Overrides log.level of the config (default: info).")
+def run(config_path: str | None, workers: int | None, demo: bool,
+        log_level: str | None) -> None:
+    """Run the gateway. SIGHUP reloads the config; SIGTERM drains and stops."""
     config = _load(config_path)
+    level = log_level or config.log.level
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    workers = workers or os.cpu_count() or 1
     try:
-        run_server(config, demo=demo)
+        if workers == 1:
+            from gateway.server import run as run_server  # deferred: keeps `--help` fast
+
+            run_server(config, demo=demo, env=os.environ)
+        else:
+            from gateway.supervisor import prepare_metrics_dir
+
+            # Before anything imports prometheus-client: the workers inherit this.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prepare_metrics_dir(config))
+            from gateway.supervisor import run_supervised
+
+            run_supervised(config, workers, env=os.environ, demo=demo, log_level=level)
     except GatewayError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # e.g. the port is taken

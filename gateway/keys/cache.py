@@ -28,6 +28,13 @@ from gateway.config import KeysConfig
 from gateway.errors import StoreUnavailable
 from gateway.keys.model import Account, KeyRecord
 from gateway.keys.store import EVENTS, KeyStore
+from gateway.observability.metrics import (
+    CACHE_HIT,
+    CACHE_MISS,
+    CACHE_NEGATIVE_HIT,
+    CACHE_STALE,
+    STORE_ERRORS,
+)
 from gateway.store.client import Redis
 
 log = logging.getLogger(__name__)
@@ -90,19 +97,23 @@ class KeyCache:
         entry = self._keys.get(token)
         if entry is not None and now < entry.fresh_until:
             self.hits += 1
+            CACHE_HIT.inc()
             key: KeyRecord | None = entry.value
         else:
             until = self._negative.get(token)
             if entry is None and until is not None and now < until:
                 self.negative_hits += 1
+                CACHE_NEGATIVE_HIT.inc()
                 return None, None
             self.misses += 1
+            CACHE_MISS.inc()
             try:
                 key, cacheable = await self._load("s:" + token, fetch)
             except StoreUnavailable:
                 if entry is None or not self._may_serve_stale(now):
                     raise
                 self.stale_serves += 1
+                CACHE_STALE.inc()
                 key = entry.value
             else:
                 if cacheable:
@@ -123,6 +134,7 @@ class KeyCache:
             if entry is None or not self._may_serve_stale(now):
                 raise
             self.stale_serves += 1
+            CACHE_STALE.inc()
             return entry.value
         if cacheable:
             self._accounts[account_id] = _Entry(account, self.clock() + self.config.cache_ttl)
@@ -154,6 +166,7 @@ class KeyCache:
         try:
             value = await fetch()
         except StoreUnavailable:
+            STORE_ERRORS.inc()
             now = self.clock()
             if self._down_since is None:
                 self._down_since = now

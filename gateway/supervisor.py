@@ -1,0 +1,233 @@
+"""`gateway run --workers N` (SPEC §9): one supervisor, N worker processes on one port.
+
+The supervisor owns what there must be one of: the embedded Redis, the admin listener (health,
+`/metrics` over all workers, the admin API, reload), the demo upstreams. Each worker runs the
+proxy listener with SO_REUSEPORT, so the kernel spreads connections over them. A worker that
+dies is replaced; SIGHUP or `POST /admin/reload` validates the file once, in the supervisor, and
+hands the new config to every worker over its control pipe; SIGTERM makes every worker stop
+accepting, finish what it has in flight (up to `listen.drain_timeout`), flush its last-use data
+and exit, and then the supervisor stops too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import time
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, replace
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+
+from gateway.config import Config
+
+log = logging.getLogger(__name__)
+
+MONITOR_INTERVAL = 0.2
+RESTART_BACKOFF = 1.0  # a worker that dies within this long of starting waits this long
+STOP_GRACE = 10.0  # beyond the drain timeout, before a stuck worker is killed
+METRICS_DIR = "metrics"
+
+
+def metrics_dir(config: Config) -> Path:
+    return Path(config.data_dir).resolve() / METRICS_DIR
+
+
+def prepare_metrics_dir(config: Config) -> Path:
+    """An empty directory for this run's metric files. Must happen before prometheus-client is
+    imported anywhere in this process tree: it chooses its storage at import time."""
+    path = metrics_dir(config)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# -- the worker side -----------------------------------------------------------------------------
+
+def _worker_main(config: Config, conn: multiprocessing.connection.Connection,
+                 log_level: str) -> None:
+    logging.basicConfig(level=log_level.upper(),
+                        format=f"%(asctime)s %(levelname)s [worker {os.getpid()}] "
+                               "%(name)s: %(message)s")
+    # Ctrl-C, or a closing terminal's SIGHUP, reaches the whole process group: the supervisor
+    # decides what they mean (stop, reload) and tells the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    uvloop.run(_worker(config, conn))
+
+
+async def _worker(config: Config, conn: multiprocessing.connection.Connection) -> None:
+    from gateway.server import serve  # in the worker only: imports prometheus-client
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    async with serve(config, admin=False, reuse_port=True) as running:
+
+        def on_message() -> None:
+            try:
+                kind, payload = conn.recv()
+            except (EOFError, OSError):
+                stop.set()  # the supervisor is gone
+                return
+            if kind == "reload":
+                running.handler.reload(payload)
+                log.info("config %s applied", payload.digest)
+
+        loop.add_reader(conn.fileno(), on_message)
+        await stop.wait()
+        loop.remove_reader(conn.fileno())
+        log.info("draining requests in flight")
+
+
+# -- the supervisor side -------------------------------------------------------------------------
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    conn: multiprocessing.connection.Connection
+    started: float
+
+
+class Supervisor:
+    def __init__(self, config: Config, workers: int, env: Mapping[str, str], demo: bool,
+                 log_level: str) -> None:
+        self.config = config
+        self.count = workers
+        self.env = env
+        self.demo = demo
+        self.log_level = log_level
+        self.workers: list[_Worker | None] = [None] * workers
+        self.worker_config = config
+        self.stopping = False
+        self._context = multiprocessing.get_context("spawn")
+
+    def _spawn(self, slot: int) -> None:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(
+            target=_worker_main, args=(self.worker_config, child, self.log_level),
+            name=f"gateway-worker-{slot}", daemon=False)
+        process.start()
+        child.close()
+        self.workers[slot] = _Worker(process, parent, time.monotonic())
+        log.info("worker %d started (pid %s)", slot, process.pid)
+
+    async def _apply(self, new: Config) -> None:
+        self.config = new
+        self.worker_config = replace(new, redis=self.worker_config.redis,
+                                     master_key=self.worker_config.master_key)
+        for worker in self.workers:
+            if worker is not None and worker.process.is_alive():
+                with contextlib.suppress(OSError):
+                    worker.conn.send(("reload", self.worker_config))
+
+    async def _monitor(self) -> None:
+        from prometheus_client import multiprocess
+
+        while not self.stopping:
+            for slot, worker in enumerate(self.workers):
+                if worker is None or worker.process.is_alive() or self.stopping:
+                    continue
+                log.warning("worker %d (pid %s) exited with %s; starting another", slot,
+                            worker.process.pid, worker.process.exitcode)
+                multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
+                    worker.process.pid, str(metrics_dir(self.config)))
+                worker.conn.close()
+                self.workers[slot] = None
+                if time.monotonic() - worker.started < RESTART_BACKOFF:
+                    await asyncio.sleep(RESTART_BACKOFF)  # a crash loop must not spin
+                if not self.stopping:
+                    self._spawn(slot)
+            await asyncio.sleep(MONITOR_INTERVAL)
+
+    async def _stop_workers(self) -> None:
+        self.stopping = True
+        alive = [w for w in self.workers if w is not None and w.process.is_alive()]
+        for worker in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.process.pid or 0, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.listen.drain_timeout + STOP_GRACE
+        for worker in alive:
+            await asyncio.to_thread(worker.process.join, max(deadline - time.monotonic(), 0.1))
+            if worker.process.is_alive():
+                log.error("worker pid %s did not stop in time; killing it", worker.process.pid)
+                worker.process.kill()
+                await asyncio.to_thread(worker.process.join, 5)
+            worker.conn.close()
+
+    async def run(self) -> None:
+        from gateway.admin.app import create_admin_app
+        from gateway.demo import ensure_demo_key, start_demo_upstreams
+        from gateway.keys.secrets import load_master_key
+        from gateway.keys.store import KeyStore
+        from gateway.reload import ConfigReloader
+        from gateway.server import check_master_key
+        from gateway.store.client import open_redis
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def on_stop() -> None:
+            # At once, not when the main task wakes: workers that got the same signal (sent to
+            # the process group) exit now, and must not be restarted.
+            self.stopping = True
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_stop)
+        async with AsyncExitStack() as stack:
+            redis, redis_url = await stack.enter_async_context(open_redis(self.config))
+            store = KeyStore(redis)
+            master_key = load_master_key(self.config)
+            await check_master_key(master_key, store)
+            # Workers join the store this process opened (and own no embedded server), and
+            # get the master key however this process found it.
+            self.worker_config = replace(
+                self.config, redis=replace(self.config.redis, url=redis_url),
+                master_key=master_key)
+            if self.demo:
+                for runner in await start_demo_upstreams():
+                    stack.push_async_callback(runner.cleanup)
+                await ensure_demo_key(store, self.config)
+
+            reloader = ConfigReloader(lambda: self.config, self._apply, self.env)
+            loop.add_signal_handler(signal.SIGHUP,
+                                    lambda: asyncio.ensure_future(reloader.reload()))
+            admin_runner = web.AppRunner(
+                create_admin_app(store, lambda: self.config, reloader,
+                                 metrics_dir=metrics_dir(self.config)),
+                access_log=None)
+            await admin_runner.setup()
+            stack.push_async_callback(admin_runner.cleanup)
+            await web.TCPSite(admin_runner, self.config.admin.host,
+                              self.config.admin.port).start()
+
+            for slot in range(self.count):
+                self._spawn(slot)
+            stack.push_async_callback(self._stop_workers)
+            monitor = asyncio.ensure_future(self._monitor())
+            log.info("gateway listening on http://%s:%d with %d workers (admin on "
+                     "http://%s:%d)", self.config.listen.host, self.config.listen.port,
+                     self.count, self.config.admin.host, self.config.admin.port)
+            await stop.wait()
+            log.info("stopping: workers drain requests in flight")
+            self.stopping = True
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+        log.info("stopped")
+
+
+def run_supervised(config: Config, workers: int, *, env: Mapping[str, str], demo: bool,
+                   log_level: str) -> None:
+    uvloop.run(Supervisor(config, workers, env, demo, log_level).run())
