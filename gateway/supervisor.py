@@ -85,6 +85,7 @@ async def _worker(config: Config, conn: multiprocessing.connection.Connection) -
                 log.info("config %s applied", payload.digest)
 
         loop.add_reader(conn.fileno(), on_message)
+        conn.send(("ready", os.getpid()))
         await stop.wait()
         loop.remove_reader(conn.fileno())
         log.info("draining requests in flight")
@@ -97,6 +98,7 @@ class _Worker:
     process: BaseProcess
     conn: multiprocessing.connection.Connection
     started: float
+    ready: bool = False
 
 
 class Supervisor:
@@ -119,8 +121,27 @@ class Supervisor:
             name=f"gateway-worker-{slot}", daemon=False)
         process.start()
         child.close()
-        self.workers[slot] = _Worker(process, parent, time.monotonic())
+        worker = _Worker(process, parent, time.monotonic())
+        self.workers[slot] = worker
+
+        def on_message() -> None:
+            try:
+                kind, _ = worker.conn.recv()
+            except (EOFError, OSError):
+                asyncio.get_running_loop().remove_reader(worker.conn.fileno())
+                return
+            if kind == "ready":
+                worker.ready = True
+                log.info("worker %d ready (pid %s)", slot, process.pid)
+
+        asyncio.get_running_loop().add_reader(parent.fileno(), on_message)
         log.info("worker %d started (pid %s)", slot, process.pid)
+
+    def readiness(self) -> str | None:
+        """Why the proxy cannot serve yet, or None when every worker is up."""
+        ready = sum(1 for w in self.workers
+                    if w is not None and w.ready and w.process.is_alive())
+        return None if ready == self.count else f"{ready} of {self.count} workers ready"
 
     async def _apply(self, new: Config) -> None:
         self.config = new
@@ -142,6 +163,8 @@ class Supervisor:
                             worker.process.pid, worker.process.exitcode)
                 multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
                     worker.process.pid, str(metrics_dir(self.config)))
+                with contextlib.suppress(ValueError, OSError):
+                    asyncio.get_running_loop().remove_reader(worker.conn.fileno())
                 worker.conn.close()
                 self.workers[slot] = None
                 if time.monotonic() - worker.started < RESTART_BACKOFF:
@@ -163,6 +186,8 @@ class Supervisor:
                 log.error("worker pid %s did not stop in time; killing it", worker.process.pid)
                 worker.process.kill()
                 await asyncio.to_thread(worker.process.join, 5)
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(worker.conn.fileno())
             worker.conn.close()
 
     async def run(self) -> None:
@@ -205,7 +230,8 @@ class Supervisor:
                                     lambda: asyncio.ensure_future(reloader.reload()))
             admin_runner = web.AppRunner(
                 create_admin_app(store, lambda: self.config, reloader,
-                                 metrics_dir=metrics_dir(self.config)),
+                                 metrics_dir=metrics_dir(self.config),
+                                 readiness=self.readiness),
                 access_log=None)
             await admin_runner.setup()
             stack.push_async_callback(admin_runner.cleanup)

@@ -40,6 +40,10 @@ async def readyz(request: web.Request) -> web.Response:
     except (StoreError, TimeoutError) as exc:
         reason = str(exc) or "key store did not answer in time"
         return web.json_response({"status": "unavailable", "reason": reason}, status=503)
+    readiness = request.app[READINESS_KEY]
+    not_ready = readiness() if readiness is not None else None
+    if not_ready is not None:
+        return web.json_response({"status": "unavailable", "reason": not_ready}, status=503)
     return web.json_response({"status": "ready", "config": config.source,
                               "config_hash": config.digest, "routes": len(config.routes)})
 
@@ -57,16 +61,19 @@ async def openapi(request: web.Request) -> web.Response:
 
 OPENAPI_KEY: web.AppKey[dict[str, object]] = web.AppKey("openapi")
 METRICS_DIR_KEY: web.AppKey[Path | None] = web.AppKey("metrics_dir")
+READINESS_KEY: web.AppKey[Callable[[], str | None] | None] = web.AppKey("readiness")
 
 
 def create_admin_app(store: KeyStore, config: Callable[[], Config],
                      reloader: ConfigReloader | None = None,
-                     metrics_dir: Path | None = None) -> web.Application:
+                     metrics_dir: Path | None = None,
+                     readiness: Callable[[], str | None] | None = None) -> web.Application:
     app = web.Application(middlewares=[admin_middleware], client_max_size=64 * 1024)
     app[STORE_KEY] = store
     app[CONFIG_KEY] = config
     app[RELOADER_KEY] = reloader
     app[METRICS_DIR_KEY] = metrics_dir
+    app[READINESS_KEY] = readiness
     app[OPENAPI_KEY] = openapi_document()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -292,11 +292,14 @@ class KeyService:
                     limit: int = DEFAULT_PAGE) -> Page:
         """Audit entries oldest first, after `cursor` (an entry id) or from `since`."""
         if cursor is not None:
-            if not _AUDIT_ID.match(cursor):
+            # A stream id is two unsigned 64-bit numbers; Redis refuses anything larger.
+            if not _AUDIT_ID.match(cursor) or any(int(part) >= 2**64
+                                                  for part in cursor.split("-")):
                 raise InvalidRequest("cursor", "not a cursor from a previous page")
             after = cursor
         else:
-            after = f"{max(int((since or 0) * 1000) - 1, 0)}-{2**64 - 1}"
+            since_ms = min(max(int((since or 0) * 1000), 0), 2**63)
+            after = f"{since_ms - 1}-{2**64 - 1}" if since_ms else "0-0"
         rows = await self.store.read_audit(after=after, limit=_limit(limit))
         items = [{"id": entry_id, **entry} for entry_id, entry in rows]
         return Page(items, rows[-1][0] if len(rows) == _limit(limit) else None)

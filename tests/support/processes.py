@@ -37,7 +37,8 @@ def gateway_command(*args: str) -> list[str]:
 
 class GatewayProcess:
     def __init__(self, config_path: Path, port: int, admin_port: int,
-                 env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> None:
+                 env: dict[str, str] | None = None,
+                 extra_args: tuple[str, ...] = ("--workers", "1")) -> None:
         self.config_path = config_path
         self.port = port
         self.admin_port = admin_port
@@ -70,7 +71,8 @@ class GatewayProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gateway exited at start:\n{self.log()}")
             try:
-                with urllib.request.urlopen(self.admin_url + "/healthz", timeout=1):
+                # Ready: the store answers and (with workers) every worker is listening.
+                with urllib.request.urlopen(self.admin_url + "/readyz", timeout=1):
                     return self
             except OSError:
                 time.sleep(0.05)
