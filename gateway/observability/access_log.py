@@ -16,6 +16,9 @@ import orjson
 
 FLUSH_INTERVAL = 0.2
 FLUSH_BYTES = 64 * 1024
+# Workers share stdout; a pipe write is atomic only up to PIPE_BUF, so lines are written in
+# whole-line pieces no larger than that, and never interleave mid-line.
+ATOMIC_WRITE = 4096
 
 
 class AccessLog:
@@ -40,10 +43,27 @@ class AccessLog:
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
-        if self._buffer:
-            data, self._buffer = bytes(self._buffer), bytearray()
-            try:
-                self.stream.write(data)
+        if not self._buffer:
+            return
+        data, self._buffer = bytes(self._buffer), bytearray()
+        try:
+            for piece in _line_pieces(data, ATOMIC_WRITE):
+                self.stream.write(piece)
                 self.stream.flush()
-            except (OSError, ValueError):
-                pass  # stdout closed (e.g. a pipe whose reader went away): nothing to do
+        except (OSError, ValueError):
+            pass  # stdout closed (e.g. a pipe whose reader went away): nothing to do
+
+
+def _line_pieces(data: bytes, limit: int) -> list[bytes]:
+    """Split newline-terminated `data` into runs of whole lines of at most `limit` bytes (a
+    longer line stands alone)."""
+    pieces: list[bytes] = []
+    start = 0
+    while start < len(data):
+        end = min(start + limit, len(data))
+        if end < len(data):
+            cut = data.rfind(b"\n", start, end)
+            end = cut + 1 if cut >= start else data.index(b"\n", end) + 1
+        pieces.append(data[start:end])
+        start = end
+    return pieces
