@@ -11,7 +11,7 @@ import click
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, GatewayError
 
-from . import manage, sign
+from . import accounts, audit, keys, sign
 
 CONFIG_HELP = "YAML config file (default: $GATEWAY_CONFIG, else built-in defaults)."
 
@@ -81,7 +81,7 @@ def config_check(path: str) -> None:
     click.echo(f"{path}: OK ({len(config.routes)} routes)")
 
 
-main.add_command(manage.accounts)
-main.add_command(manage.keys)
-main.add_command(manage.audit)
+main.add_command(accounts.accounts)
+main.add_command(keys.keys)
+main.add_command(audit.audit)
 main.add_command(sign.sign)

@@ -1,0 +1,134 @@
+"""Shared by the management commands: opening the lifecycle service on the configured store,
+the common options, and parsing of durations, times and confirmations.
+
+The commands work on the store the config names, so they also work while no gateway runs (the
+embedded Redis is started for the command, or joined when a gateway already runs it); running
+gateways see every change at once through the invalidation channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from gateway.config import load_config, parse_duration
+from gateway.errors import ConfigError, GatewayError
+from gateway.keys.secrets import SecretBox, load_master_key
+from gateway.keys.service import KeyService
+from gateway.keys.store import KeyStore
+from gateway.store.client import open_redis
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False),
+    help="Config naming the store (default: $GATEWAY_CONFIG, else the embedded store in "
+         "$GATEWAY_DATA_DIR or ./.gateway).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@asynccontextmanager
+async def _service(config_path: str | None) -> AsyncIterator[KeyService]:
+    config = load_config(config_path, os.environ)
+    async with open_redis(config) as (redis, _url):
+        # With the embedded store the master key file is made on first use; an external store
+        # needs GATEWAY_MASTER_KEY, and only HMAC keys ask for it.
+        master_key = load_master_key(config, create=True)
+        yield KeyService(KeyStore(redis), default_scopes=config.keys.default_scopes,
+                         secret_box=SecretBox(master_key) if master_key else None)
+
+
+def with_service(func: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async command body with the service; turn gateway errors into clean exits."""
+
+    @functools.wraps(func)
+    def wrapper(config_path: str | None, **kwargs: Any) -> None:
+        async def body() -> None:
+            async with _service(config_path) as service:
+                await func(service, **kwargs)
+
+        try:
+            asyncio.run(body())
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        except GatewayError as exc:
+            raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:
+            # The reader went away (`gateway keys list | head`): stop quietly, and keep Python
+            # from complaining while it flushes stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+
+    return wrapper
+
+
+def parse_expiry(expires_in: str | None, expires_at: str | None) -> float | None:
+    if expires_in is not None and expires_at is not None:
+        raise click.UsageError("give --expires-in or --expires-at, not both")
+    if expires_in is not None:
+        try:
+            seconds = parse_duration(expires_in)
+        except ValueError:
+            raise click.BadParameter("expected a duration such as 30d, 12h or 90m",
+                                     param_hint="--expires-in") from None
+        if seconds <= 0:
+            raise click.BadParameter("must be greater than zero", param_hint="--expires-in")
+        return datetime.now(UTC).timestamp() + seconds
+    if expires_at is not None:
+        try:
+            moment = datetime.fromisoformat(expires_at)
+        except ValueError:
+            raise click.BadParameter("expected an ISO 8601 time such as 2027-01-31T00:00:00Z",
+                                     param_hint="--expires-at") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        if moment.timestamp() <= datetime.now(UTC).timestamp():
+            raise click.BadParameter(f"{expires_at} is in the past; the expiry must be in "
+                                     "the future", param_hint="--expires-at")
+        return moment.timestamp()
+    return None
+
+
+
+
+LIST_PAGE = 500  # rows fetched per round trip by the listings; memory holds one page
+ACCOUNT_CACHE_MAX = 1000  # accounts remembered by one `keys list` for the status column
+yes_option = click.option("--yes", "-y", is_flag=True,
+                          help="Do not ask for confirmation (needed when stdin is not a "
+                               "terminal).")
+
+
+def parse_duration_option(value: str, option: str, example: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a duration such as {example}",
+                                 param_hint=option) from None
+
+
+def parse_time(text: str) -> float:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Go on only if --yes was given or the operator answers yes at a terminal; abort (exit 1)
+    otherwise. Without a terminal and without --yes, refuse rather than wait for an answer."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.ClickException("refusing to go on without confirmation: stdin is not a "
+                                   "terminal; pass --yes to confirm non-interactively")
+    click.confirm(question, abort=True, err=True)
+

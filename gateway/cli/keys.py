@@ -1,0 +1,246 @@
+"""`gateway keys ...` (SPEC §8): create, list, show, update, delete and reissue keys."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from gateway.errors import GatewayError, NotFound
+from gateway.keys.model import API_KEY, HMAC_KEY, Account
+from gateway.keys.service import UNSET, KeyService, Unset
+
+from .common import (
+    ACCOUNT_CACHE_MAX,
+    LIST_PAGE,
+    config_option,
+    confirm,
+    json_option,
+    parse_duration_option,
+    parse_expiry,
+    parse_time,
+    with_service,
+    yes_option,
+)
+from .output import JsonArrayStream, TableStream, emit_json, emit_record
+
+# -- keys ----------------------------------------------------------------------------------------
+
+@click.group("keys")
+def keys() -> None:
+    """Manage keys: API keys and HMAC keys."""
+
+
+@keys.command("create")
+@click.option("--account", "account_id", required=True, help="The owning account's id.")
+@click.option("--type", "key_type", type=click.Choice(["api-key", "hmac"]),
+              default="api-key", show_default=True,
+              help="api-key: a bearer secret (Authorization: Api-Key ...); hmac: a token and "
+                   "a secret for RFC 9421 signed requests (needs an expiry).")
+@click.option("--scope", "scopes", multiple=True,
+              help="A scope the key holds (repeat for more); default: keys.default_scopes.")
+@click.option("--expires-in", help="Lifetime such as 30d, 12h or 90m.")
+@click.option("--expires-at", help="Expiry as ISO 8601, e.g. 2027-01-31T00:00:00Z.")
+@click.option("--description", default="", help="Free text shown in listings.")
+@json_option
+@config_option
+@with_service
+async def keys_create(service: KeyService, account_id: str, key_type: str,
+                      scopes: tuple[str, ...], expires_in: str | None, expires_at: str | None,
+                      description: str, as_json: bool) -> None:
+    """Create a key. Its secret is printed once and can never be shown again."""
+    expiry = parse_expiry(expires_in, expires_at)
+    key, secret = await service.create_key(
+        account_id=account_id, key_type=API_KEY if key_type == "api-key" else HMAC_KEY,
+        scopes=scopes, expires_at=expiry, description=description)
+    record = {**key.public(), "secret": secret}
+    if key.type == HMAC_KEY:
+        record["token"] = key.id  # the source system's name for an HMAC key's id
+    if as_json:
+        emit_json(record)
+        return
+    emit_record(record)
+    click.echo("\nStore the secret now: it is not kept and will not be shown again.", err=True)
+
+
+@keys.command("show")
+@click.argument("key_id")
+@json_option
+@config_option
+@with_service
+async def keys_show(service: KeyService, key_id: str, as_json: bool) -> None:
+    """Show a key (never its secret)."""
+    key = await service.get_key(key_id)
+    record = key.public(await service.last_used(key_id))
+    if as_json:
+        emit_json(record)
+    else:
+        emit_record(record)
+
+
+
+
+# -- keys list / update / delete / reissue -------------------------------------------------------
+
+KEY_COLUMNS = ("id", "type", "account_id", "scopes", "created_at", "expires_at",
+               "last_used_at", "masked_secret", "status")
+
+
+def key_status(item: Mapping[str, Any], account: Account | None, now: float) -> str:
+    """Whether the key works, in the order the gateway decides (SPEC §1, §5)."""
+    expires_at = item.get("expires_at")
+    if expires_at is not None and parse_time(expires_at) <= now:
+        return "expired"
+    if account is None:
+        return "no account"
+    if not account.enabled:
+        return "account disabled"
+    if not account.api_access:
+        return "no api access"
+    return "active"
+
+
+@keys.command("list")
+@click.option("--account", "account_id", help="Only this account's keys.")
+@json_option
+@config_option
+@with_service
+async def keys_list(service: KeyService, account_id: str | None, as_json: bool) -> None:
+    """List keys (never their secrets), oldest first, with whether each one works.
+
+    The listing streams page by page, so it handles any number of keys; --json prints one
+    JSON array with one key per line."""
+    if account_id is not None:
+        await service.get_account(account_id)  # an unknown account fails before any output
+    out: JsonArrayStream | TableStream = JsonArrayStream() if as_json else TableStream(
+        KEY_COLUMNS)
+    accounts_seen: dict[str, Account | None] = {}
+    now = datetime.now(UTC).timestamp()
+    try:
+        async for item in service.iterate_keys(account_id=account_id, page_size=LIST_PAGE):
+            owner = item["account_id"]
+            if owner not in accounts_seen:
+                if len(accounts_seen) >= ACCOUNT_CACHE_MAX:
+                    accounts_seen.clear()
+                try:
+                    accounts_seen[owner] = await service.get_account(owner)
+                except NotFound:
+                    accounts_seen[owner] = None
+            out.add({**item, "status": key_status(item, accounts_seen[owner], now)})
+    except GatewayError:
+        if isinstance(out, TableStream) and out.count:
+            out.close()  # show the rows read so far; a JSON array stays unterminated
+        raise
+    out.close()
+
+
+@keys.command("update")
+@click.argument("key_id")
+@click.option("--expires-in", help="New lifetime from now, such as 30d, 12h or 90m.")
+@click.option("--expires-at", help="New expiry as ISO 8601, e.g. 2027-01-31T00:00:00Z.")
+@click.option("--no-expiry", is_flag=True, help="Remove the expiry: the key never expires.")
+@click.option("--description", help="New free-text description.")
+@click.option("--scope", "scope", multiple=True, hidden=True, expose_value=False,
+              callback=lambda ctx, param, value: _immutable(value, "scopes"))
+@click.option("--account", hidden=True, expose_value=False,
+              callback=lambda ctx, param, value: _immutable(value, "account"))
+@click.option("--type", hidden=True, expose_value=False,
+              callback=lambda ctx, param, value: _immutable(value, "type"))
+@click.option("--name", hidden=True, expose_value=False,
+              callback=lambda ctx, param, value: _immutable(value, "name"))
+@json_option
+@config_option
+@with_service
+async def keys_update(service: KeyService, key_id: str, expires_in: str | None,
+                      expires_at: str | None, no_expiry: bool, description: str | None,
+                      as_json: bool) -> None:
+    """Change a key's expiry and/or description: the only things about a key that can change
+    (SPEC §1). Give one of --expires-in, --expires-at or --no-expiry, or --description, or
+    both. To change scopes, account or type, create a new key."""
+    given = [name for name, value in (("--expires-in", expires_in), ("--expires-at", expires_at),
+                                      ("--no-expiry", no_expiry or None)) if value is not None]
+    if len(given) > 1:
+        raise click.UsageError(f"give only one of --expires-in, --expires-at and --no-expiry "
+                               f"(got {' and '.join(given)})")
+    if not given and description is None:
+        raise click.UsageError("nothing to change: give --expires-in, --expires-at, "
+                               "--no-expiry or --description")
+    expiry: float | Unset | None = UNSET
+    if no_expiry:
+        expiry = None
+    elif given:
+        expiry = parse_expiry(expires_in, expires_at)
+    key = await service.update_key(key_id, expires_at=expiry,
+                                   description=UNSET if description is None else description)
+    view = await service.key_view(key)
+    if as_json:
+        emit_json(view)
+    else:
+        emit_record(view)
+
+
+def _immutable(value: Any, what: str) -> None:
+    if value:
+        raise click.UsageError(f"only a key's expiry and description can change; create a new "
+                               f"key to change its {what}")
+
+
+@keys.command("delete")
+@click.argument("key_ids", nargs=-1, required=True)
+@yes_option
+@json_option
+@config_option
+@with_service
+async def keys_delete(service: KeyService, key_ids: tuple[str, ...], yes: bool,
+                      as_json: bool) -> None:
+    """Delete one or more keys at once: all of them, or none when any id is unknown. Lists
+    them and asks first unless --yes. Running gateways stop accepting them at once."""
+    if not yes:
+        found = {key.id: key for key in await service.get_keys(key_ids)}
+        missing = [key_id for key_id in dict.fromkeys(key_ids) if key_id not in found]
+        if missing:
+            raise click.ClickException("no key with id " + ", ".join(repr(m) for m in missing)
+                                       + "; nothing deleted")
+        click.echo(f"{len(found)} key(s) will be deleted:", err=True)
+        for key in found.values():
+            click.echo(f"  {key.id}  account {key.account_id}  {key.masked_secret()}  "
+                       f"scopes {' '.join(key.scopes) or '-'}"
+                       + (f"  ({key.description})" if key.description else ""), err=True)
+    confirm("Delete them?", yes)
+    try:
+        deleted = await service.delete_keys(key_ids)
+    except NotFound as exc:
+        raise click.ClickException(f"{exc}; nothing deleted") from None
+    if as_json:
+        emit_json({"deleted": [k.id for k in deleted]})
+    else:
+        click.echo(f"Deleted {len(deleted)} key(s): {' '.join(k.id for k in deleted)}")
+
+
+@keys.command("reissue")
+@click.argument("key_id")
+@click.option("--grace", default="0s", show_default=True,
+              help="How long the old secret keeps working, such as 10m or 24h; never past the "
+                   "key's own expiry.")
+@json_option
+@config_option
+@with_service
+async def keys_reissue(service: KeyService, key_id: str, grace: str, as_json: bool) -> None:
+    """Give a key a new secret under the same id, scopes and expiry. The new secret is printed
+    once and can never be shown again."""
+    seconds = parse_duration_option(grace, "--grace", "10m, 24h or 0s")
+    key, secret = await service.reissue_key(key_id, grace=seconds)
+    record = {**await service.key_view(key), "secret": secret}
+    if as_json:
+        emit_json(record)
+        return
+    emit_record(record)
+    until = record["previous_secret_valid_until"]
+    click.echo("\n" + (f"The old secret keeps working until {until}." if until else
+                       "The old secret no longer works."), err=True)
+    click.echo("Store the new secret now: it is not kept and will not be shown again.",
+               err=True)
+
+
