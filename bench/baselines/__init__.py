@@ -1,0 +1,1 @@
+"""Baselines measured beside the gateway in the same run."""

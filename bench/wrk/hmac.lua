@@ -1,0 +1,48 @@
+-- Pre-signed RFC 9421 requests, each used once: wrk -s hmac.lua URL -- <file> [<body file>]
+-- Every line of the file is "<Signature-Input>\t<Signature>" with a fresh nonce; thread t of n
+-- takes lines t, t+n, t+2n... so no two requests carry the same signature. A thread that runs
+-- out starts over, and the replays it then sends are refused (counted as non-2xx errors: the
+-- harness sizes the pool so that this does not happen).
+dofile(os.getenv("BENCH_WRK_DIR") .. "/report.lua")
+
+local counter = 0
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+end
+
+local inputs, signatures, index, path, method, body, digest
+function init(args)
+  local nthreads = tonumber(os.getenv("BENCH_WRK_THREADS") or "1")
+  inputs, signatures = {}, {}
+  local n = 0
+  for line in io.lines(args[1]) do
+    if n % nthreads == tid then
+      local tab = line:find("\t", 1, true)
+      inputs[#inputs + 1] = line:sub(1, tab - 1)
+      signatures[#signatures + 1] = line:sub(tab + 1)
+    end
+    n = n + 1
+  end
+  index = 0
+  path = wrk.path
+  method = "GET"
+  if args[2] then
+    local handle = io.open(args[2], "rb")
+    body = handle:read("*a")
+    handle:close()
+    method = "POST"
+    digest = args[3]
+  end
+end
+
+function request()
+  index = index + 1
+  if index > #inputs then index = 1 end
+  local headers = {["Signature-Input"] = inputs[index], ["Signature"] = signatures[index]}
+  if body then
+    headers["Content-Digest"] = digest
+    headers["Content-Type"] = "application/octet-stream"
+  end
+  return wrk.format(method, path, headers, body)
+end
