@@ -115,7 +115,8 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
         admin_port = None
         if admin:
             admin_runner = web.AppRunner(
-                create_admin_app(store, lambda: handler.state.config, reloader),
+                create_admin_app(store, lambda: handler.state.config, reloader,
+                                 secret_box=secret_box),
                 access_log=None)
             await admin_runner.setup()
             stack.push_async_callback(admin_runner.cleanup)

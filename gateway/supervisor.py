@@ -193,7 +193,7 @@ class Supervisor:
     async def run(self) -> None:
         from gateway.admin.app import create_admin_app
         from gateway.demo import ensure_demo_key, start_demo_upstreams
-        from gateway.keys.secrets import load_master_key
+        from gateway.keys.secrets import SecretBox, load_master_key
         from gateway.keys.store import KeyStore
         from gateway.reload import ConfigReloader
         from gateway.server import check_master_key
@@ -231,7 +231,8 @@ class Supervisor:
             admin_runner = web.AppRunner(
                 create_admin_app(store, lambda: self.config, reloader,
                                  metrics_dir=metrics_dir(self.config),
-                                 readiness=self.readiness),
+                                 readiness=self.readiness,
+                                 secret_box=SecretBox(master_key) if master_key else None),
                 access_log=None)
             await admin_runner.setup()
             stack.push_async_callback(admin_runner.cleanup)

@@ -21,6 +21,7 @@ from aiohttp import web
 from gateway.config import AdminToken, Config, parse_duration
 from gateway.errors import Conflict, InvalidRequest, NotFound, StoreError
 from gateway.keys.model import API_KEY
+from gateway.keys.secrets import SecretBox
 from gateway.keys.service import UNSET, KeyService, Unset
 from gateway.keys.store import KeyStore
 from gateway.proxy.headers import request_id_from
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 CONFIG_KEY: web.AppKey[Callable[[], Config]] = web.AppKey("config")
 STORE_KEY: web.AppKey[KeyStore] = web.AppKey("store", KeyStore)
 RELOADER_KEY: web.AppKey[ConfigReloader | None] = web.AppKey("reloader")
+SECRET_BOX_KEY: web.AppKey[SecretBox | None] = web.AppKey("secret_box")
 ACTOR: web.RequestKey[str] = web.RequestKey("actor", str)
 MAX_BODY = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -165,7 +167,7 @@ def _query_int(request: web.Request, name: str, default: int) -> int:
 def _service(request: web.Request) -> KeyService:
     config = request.app[CONFIG_KEY]()
     return KeyService(request.app[STORE_KEY], default_scopes=config.keys.default_scopes,
-                      actor=request[ACTOR])
+                      actor=request[ACTOR], secret_box=request.app[SECRET_BOX_KEY])
 
 
 def _page(items: list[dict[str, Any]], next_cursor: str | None) -> web.Response:

@@ -12,6 +12,7 @@ from aiohttp import web
 from gateway.admin.api import (
     CONFIG_KEY,
     RELOADER_KEY,
+    SECRET_BOX_KEY,
     STORE_KEY,
     add_admin_routes,
     admin_middleware,
@@ -19,6 +20,7 @@ from gateway.admin.api import (
 from gateway.admin.openapi import openapi_document
 from gateway.config import Config
 from gateway.errors import StoreError
+from gateway.keys.secrets import SecretBox
 from gateway.keys.store import KeyStore
 from gateway.observability.metrics import render
 from gateway.reload import ConfigReloader
@@ -67,13 +69,15 @@ READINESS_KEY: web.AppKey[Callable[[], str | None] | None] = web.AppKey("readine
 def create_admin_app(store: KeyStore, config: Callable[[], Config],
                      reloader: ConfigReloader | None = None,
                      metrics_dir: Path | None = None,
-                     readiness: Callable[[], str | None] | None = None) -> web.Application:
+                     readiness: Callable[[], str | None] | None = None,
+                     secret_box: SecretBox | None = None) -> web.Application:
     app = web.Application(middlewares=[admin_middleware], client_max_size=64 * 1024)
     app[STORE_KEY] = store
     app[CONFIG_KEY] = config
     app[RELOADER_KEY] = reloader
     app[METRICS_DIR_KEY] = metrics_dir
     app[READINESS_KEY] = readiness
+    app[SECRET_BOX_KEY] = secret_box  # to create HMAC keys; None without a master key
     app[OPENAPI_KEY] = openapi_document()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

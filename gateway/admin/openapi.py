@@ -128,7 +128,8 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "additionalProperties": False, "required": ["account_id"],
         "properties": {
             "account_id": _ID,
-            "type": {"type": "string", "enum": ["api_key"]},
+            "type": {"type": "string", "enum": ["api_key", "hmac"],
+                     "description": "hmac keys need an expiry and a master key"},
             "scopes": {"type": "array", "items": _SCOPE, "maxItems": 50},
             "expires_at": {"type": "string", "format": "date-time",
                            "description": "Must lie in the future"},

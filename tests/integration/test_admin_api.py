@@ -268,3 +268,33 @@ async def test_bad_bodies_and_unknown_paths_get_json_errors(gateway, http) -> No
     async with http.put(gateway.admin_url + "/admin/accounts", headers=headers) as response:
         assert response.status == 405
         assert (await response.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_hmac_keys_through_the_admin_api(redis_clean, upstream, start_gateway,
+                                               http) -> None:
+    import base64
+    import os
+
+    from gateway.client import sign_request
+    from gateway.config import build_config
+
+    data = {"listen": {"host": "127.0.0.1", "port": 0},
+            "admin": {"host": "127.0.0.1", "port": 0, "token": TOKEN},
+            "redis": {"url": redis_clean.url},
+            "routes": [{"name": "vision", "prefix": "/vision/",
+                        "upstream": f"http://127.0.0.1:{upstream.port}", "scopes": [VISION]}]}
+    master = {"GATEWAY_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+    gateway = await start_gateway(build_config(data, "<test>", master))
+    admin = Admin(http, gateway.admin_url)
+    account = await admin.call("POST", "/admin/accounts", {"name": "h"}, expect=201)
+    refused = await admin.call("POST", "/admin/keys", {"account_id": account["id"],
+                                                       "type": "hmac"}, expect=422)
+    assert "expiry" in refused["error"]["message"]
+    key = await admin.call("POST", "/admin/keys", {"account_id": account["id"], "type": "hmac",
+                                                   "scopes": [VISION], "expires_in": "1d"},
+                           expect=201)
+    assert key["id"].startswith("gwh_") and len(key["secret"]) == 43
+    url = gateway.url + "/vision/x"
+    headers = sign_request("GET", url, key_id=key["id"], secret=key["secret"])
+    async with http.get(url, headers=headers) as response:
+        assert response.status == 200
