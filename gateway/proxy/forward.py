@@ -26,6 +26,7 @@ POOL_LIMIT = 1024
 POOL_LIMIT_PER_HOST = 512
 POOL_KEEPALIVE = 30.0
 READ_BUFFER = 2**16
+SMALL_BODY = 2**16  # answers up to this size (with a Content-Length) are sent in one write
 # Headers aiohttp's client would otherwise invent; the proxy sends only what the client sent.
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -38,6 +39,7 @@ class UpstreamRequest:
     url: URL
     headers: CIMultiDict[str]
     request_id: str
+    timeout: aiohttp.ClientTimeout
     body: bytes | None = None  # already read (a signed body); else the body is streamed
 
 
@@ -97,8 +99,6 @@ async def forward(pool: UpstreamPool, request: web.BaseRequest,
                   upstream: UpstreamRequest) -> web.StreamResponse:
     """Send the request upstream and stream the answer back; raise RequestRefused on failure."""
     route = upstream.route
-    timeout = aiohttp.ClientTimeout(total=None, connect=route.connect_timeout,
-                                    sock_read=route.timeout)
     body: bytes | AsyncIterator[bytes] | None = upstream.body
     if body is None and request.body_exists:
         body = _body_from(request)
@@ -107,7 +107,7 @@ async def forward(pool: UpstreamPool, request: web.BaseRequest,
     try:
         upstream_response = await pool.session.request(
             upstream.method, upstream.url, headers=upstream.headers, data=body,
-            allow_redirects=False, timeout=timeout, proxy=None,
+            allow_redirects=False, timeout=upstream.timeout, proxy=None,
         )
     except RequestRefused:
         raise
@@ -120,10 +120,23 @@ async def forward(pool: UpstreamPool, request: web.BaseRequest,
             reason=upstream_response.reason,
             headers=client_response_headers(upstream_response.headers, upstream.request_id),
         )
-        await response.prepare(request)
         if request.method == "HEAD" or upstream_response.status in _NO_BODY_STATUSES:
+            await response.prepare(request)
             await response.write_eof()
             return response
+        length = upstream_response.content_length
+        if length is not None and length <= SMALL_BODY:
+            # Small and of known size: read it whole first. Nothing has gone to the client yet,
+            # so an upstream failing mid-body still gets a clean 502, and head and body leave
+            # in one write instead of a loop of them.
+            try:
+                data = await upstream_response.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise _translate(exc, route) from exc
+            await response.prepare(request)
+            await response.write_eof(data)
+            return response
+        await response.prepare(request)
         try:
             async for chunk in upstream_response.content.iter_any():
                 await response.write(chunk)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
+import aiohttp
 from aiohttp import web
 from yarl import URL
 
@@ -31,6 +33,7 @@ from gateway.proxy.routing import RouteTable, parse_target, upstream_origin
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499
+MAX_SERIES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +47,16 @@ class ProxyState:
     config: Config
     routes: RouteTable
     origins: dict[str, str]
+    timeouts: dict[str, aiohttp.ClientTimeout]
 
     @classmethod
     def from_config(cls, config: Config) -> ProxyState:
         return cls(config=config, routes=RouteTable(config.routes),
-                   origins={r.name: upstream_origin(r.upstream) for r in config.routes})
+                   origins={r.name: upstream_origin(r.upstream) for r in config.routes},
+                   timeouts={r.name: aiohttp.ClientTimeout(total=None,
+                                                           connect=r.connect_timeout,
+                                                           sock_read=r.timeout)
+                             for r in config.routes})
 
 
 class ProxyHandler:
@@ -58,6 +66,7 @@ class ProxyHandler:
         self.pool = pool
         self.authenticator = authenticator
         self.access_log = access_log or AccessLog(enabled=False)
+        self._series: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     def reload(self, config: Config) -> None:
         """Requests already running keep the state they took; new ones get this one."""
@@ -87,10 +96,11 @@ class ProxyHandler:
                     authenticated = await self.authenticator.authenticate(request, route)
                     identity, body = authenticated.identity, authenticated.body
                 peer = request.remote
+                trusted = state.config.listen.trusted_proxies
                 headers = upstream_request_headers(
                     request.headers,
                     peer=peer,
-                    trusted_peer=is_trusted(peer, state.config.listen.trusted_proxies),
+                    trusted_peer=bool(trusted) and is_trusted(peer, trusted),
                     scheme=request.scheme,
                     request_id=request_id,
                     identity=identity,
@@ -100,7 +110,8 @@ class ProxyHandler:
                     url_text += "?" + target.query
                 upstream = UpstreamRequest(route=route, method=request.method,
                                            url=URL(url_text, encoded=True), headers=headers,
-                                           request_id=request_id, body=body)
+                                           request_id=request_id,
+                                           timeout=state.timeouts[route.name], body=body)
                 upstream_started = time.perf_counter()
                 try:
                     response = await forward(self.pool, request, upstream)
@@ -123,10 +134,19 @@ class ProxyHandler:
         status = response.status if response is not None else CLIENT_CLOSED
         if response is None:
             outcome = "client_closed"
-        REQUESTS.labels(route_name, method_label(request.method), str(status)).inc()
-        REQUEST_DURATION.labels(route_name).observe(seconds)
+        counters = self._series.get((route_name, request.method, status))
+        if counters is None:
+            # Looking labelled children up costs more than using them: keep them (bounded:
+            # routes x methods x statuses; the method label folds unknown methods together).
+            counters = (REQUESTS.labels(route_name, method_label(request.method), str(status)),
+                        REQUEST_DURATION.labels(route_name),
+                        UPSTREAM_DURATION.labels(route_name))
+            if len(self._series) < MAX_SERIES:
+                self._series[(route_name, request.method, status)] = counters
+        counters[0].inc()
+        counters[1].observe(seconds)
         if upstream_seconds is not None:
-            UPSTREAM_DURATION.labels(route_name).observe(upstream_seconds)
+            counters[2].observe(upstream_seconds)
         if not self.access_log.enabled:
             return
         if response is None:

@@ -414,3 +414,25 @@ async def test_keep_alive_connections_to_upstream_are_reused(redis_server, serve
         async with http.get(gateway.url + "/k/x") as response:
             assert response.status == 200
     assert len(peers) == 1
+
+
+async def test_a_small_answer_cut_short_by_the_upstream_is_a_clean_502(redis_server,
+                                                                     start_gateway,
+                                                                     http) -> None:
+    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(short, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gateway = await start_gateway(make_config(
+            redis_server.url, [route("cut", "/cut/", f"http://127.0.0.1:{port}")]))
+        async with http.get(gateway.url + "/cut/x") as response:
+            assert response.status == 502
+            assert (await response.json())["error"]["code"] == "upstream_unavailable"
+    finally:
+        server.close()
+        await server.wait_closed()
