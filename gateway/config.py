@@ -495,6 +495,10 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, [ConfigProblem("", f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [ConfigProblem(
+            "", f"not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})",
+        )]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -72,9 +72,12 @@ class Authenticator:
         self._opened: dict[str, bytes] = {}  # sealed secret -> HMAC key bytes
 
     async def authenticate(self, request: web.BaseRequest, route: RouteConfig) -> Authenticated:
-        method = "none"
+        # Named by what the request tried, so a malformed key still counts as an API key.
+        headers = request.headers
+        method = ("api_key" if "Authorization" in headers else
+                  "hmac" if "Signature" in headers or "Signature-Input" in headers else "none")
         try:
-            credential = credential_from(request.headers)
+            credential = credential_from(headers)
             if credential is not None:
                 method = credential.method
             result = await self._authenticate(credential, request, route)
