@@ -121,9 +121,7 @@ async def forward(pool: UpstreamPool, request: web.BaseRequest,
             headers=client_response_headers(upstream_response.headers, upstream.request_id),
         )
         if request.method == "HEAD" or upstream_response.status in _NO_BODY_STATUSES:
-            await response.prepare(request)
-            await response.write_eof()
-            return response
+            return await _send_whole(request, response, b"")
         length = upstream_response.content_length
         if length is not None and length <= SMALL_BODY:
             # Small and of known size: read it whole first. Nothing has gone to the client yet,
@@ -133,9 +131,7 @@ async def forward(pool: UpstreamPool, request: web.BaseRequest,
                 data = await upstream_response.read()
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise _translate(exc, route) from exc
-            await response.prepare(request)
-            await response.write_eof(data)
-            return response
+            return await _send_whole(request, response, data)
         await response.prepare(request)
         try:
             async for chunk in upstream_response.content.iter_any():
@@ -151,6 +147,16 @@ async def forward(pool: UpstreamPool, request: web.BaseRequest,
             return response
         await response.write_eof()
         return response
+
+
+async def _send_whole(request: web.BaseRequest, response: web.StreamResponse,
+                      data: bytes) -> web.StreamResponse:
+    try:
+        await response.prepare(request)
+        await response.write_eof(data)
+    except ConnectionError:
+        _abort(request)  # the client went away before its answer; nothing more to do
+    return response
 
 
 def _abort(request: web.BaseRequest) -> None:
