@@ -9,7 +9,7 @@ RequestRefused.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -100,20 +100,28 @@ class Authenticator:
             return await self._api_key(credential, route)
         return await self._signed(credential, request, route)
 
-    async def _api_key(self, credential: ApiKeyCredential,
-                       route: RouteConfig) -> Authenticated:
-        secret_hash = apikey.hash_secret(credential.secret)
+    async def _decide(self, lookup: Awaitable[tuple[KeyRecord | None, Account | None]], *,
+                      method: str, route: RouteConfig, presented_hash: str | None = None,
+                      check_scopes: bool = True) -> tuple[Allow, float]:
+        """Look the key up (cache, else store) and apply the decision; refuse on Deny."""
         try:
-            key, account = await self.cache.api_key(secret_hash)
+            key, account = await lookup
         except StoreUnavailable:
             raise _store_down() from None
         now = self.clock()
-        decision = decide(method="api_key", route=route, key=key, account=account, now=now,
-                          presented_hash=secret_hash)
+        decision = decide(method=method, route=route, key=key, account=account, now=now,
+                          presented_hash=presented_hash, check_scopes=check_scopes)
         if isinstance(decision, Deny):
             raise _refuse(decision)
-        self.usage.record(decision.key.id, now)
-        return Authenticated(identity_headers(decision.key, decision.account))
+        return decision, now
+
+    async def _api_key(self, credential: ApiKeyCredential,
+                       route: RouteConfig) -> Authenticated:
+        secret_hash = apikey.hash_secret(credential.secret)
+        allowed, now = await self._decide(self.cache.api_key(secret_hash), method="api_key",
+                                          route=route, presented_hash=secret_hash)
+        self.usage.record(allowed.key.id, now)
+        return Authenticated(identity_headers(allowed.key, allowed.account))
 
     async def _signed(self, credential: SignatureCredential, request: web.BaseRequest,
                       route: RouteConfig) -> Authenticated:
@@ -125,15 +133,9 @@ class Authenticator:
         except signatures.SignatureError as exc:
             raise RequestRefused(exc.code, exc.message) from None
 
-        try:
-            key, account = await self.cache.key_by_id(parsed.keyid)
-        except StoreUnavailable:
-            raise _store_down() from None
-        now = self.clock()
-        decision = decide(method="hmac", route=route, key=key, account=account, now=now,
-                          check_scopes=False)
-        if isinstance(decision, Deny):
-            raise _refuse(decision)
+        # Scopes wait: the signature, its time window and the nonce come first (SPEC §3).
+        decision, now = await self._decide(self.cache.key_by_id(parsed.keyid), method="hmac",
+                                           route=route, check_scopes=False)
 
         facts = signatures.RequestFacts(
             method=request.method, scheme=request.scheme,
@@ -162,7 +164,6 @@ class Authenticator:
         allowed = scope_decision(decision, route)
         if isinstance(allowed, Deny):
             raise _refuse(allowed)
-        assert isinstance(allowed, Allow)
         self.usage.record(allowed.key.id, now)
         return Authenticated(identity_headers(allowed.key, allowed.account), body)
 
