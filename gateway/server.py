@@ -116,7 +116,7 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
         if admin:
             admin_runner = web.AppRunner(
                 create_admin_app(store, lambda: handler.state.config, reloader,
-                                 secret_box=secret_box),
+                                 secret_box=secret_box, proxy_port=_bound_port(proxy_runner)),
                 access_log=None)
             await admin_runner.setup()
             stack.push_async_callback(admin_runner.cleanup)

@@ -232,7 +232,8 @@ class Supervisor:
                 create_admin_app(store, lambda: self.config, reloader,
                                  metrics_dir=metrics_dir(self.config),
                                  readiness=self.readiness,
-                                 secret_box=SecretBox(master_key) if master_key else None),
+                                 secret_box=SecretBox(master_key) if master_key else None,
+                                 proxy_port=self.config.listen.port or None),
                 access_log=None)
             await admin_runner.setup()
             stack.push_async_callback(admin_runner.cleanup)

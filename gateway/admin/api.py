@@ -33,6 +33,7 @@ CONFIG_KEY: web.AppKey[Callable[[], Config]] = web.AppKey("config")
 STORE_KEY: web.AppKey[KeyStore] = web.AppKey("store", KeyStore)
 RELOADER_KEY: web.AppKey[ConfigReloader | None] = web.AppKey("reloader")
 SECRET_BOX_KEY: web.AppKey[SecretBox | None] = web.AppKey("secret_box")
+PROXY_PORT_KEY: web.AppKey[int | None] = web.AppKey("proxy_port")
 ACTOR: web.RequestKey[str] = web.RequestKey("actor", str)
 MAX_BODY = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -320,6 +321,17 @@ async def audit(request: web.Request) -> web.Response:
     return _page(page.items, page.next_cursor)
 
 
+# -- routes --------------------------------------------------------------------------------------
+
+async def list_routes(request: web.Request) -> web.Response:
+    """The configured routes and their scopes (to suggest scopes for new keys), and the port the
+    proxy listens on (to show ready-made example requests)."""
+    config = request.app[CONFIG_KEY]()
+    items = [{"name": route.name, "prefix": route.prefix, "scopes": list(route.scopes),
+              "public": route.public, "auth": list(route.auth)} for route in config.routes]
+    return _json({"items": items, "proxy_port": request.app.get(PROXY_PORT_KEY)})
+
+
 # -- operations ----------------------------------------------------------------------------------
 
 async def reload_config(request: web.Request) -> web.Response:
@@ -349,4 +361,5 @@ def add_admin_routes(app: web.Application) -> None:
     add("DELETE", "/admin/keys/{key_id}", delete_key)
     add("POST", "/admin/keys/{key_id}/reissue", reissue_key)
     add("GET", "/admin/audit", audit)
+    add("GET", "/admin/routes", list_routes)
     add("POST", "/admin/reload", reload_config)

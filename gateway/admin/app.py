@@ -1,4 +1,5 @@
-"""The admin listener (SPEC §8, §9): health, readiness, the admin API and its OpenAPI document."""
+"""The admin listener (SPEC §8, §9): health, readiness, the admin API and its OpenAPI document,
+and the admin web page at `/ui/`: static files from `ui/` under a strict Content-Security-Policy."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from gateway.admin.api import (
     CONFIG_KEY,
+    PROXY_PORT_KEY,
     RELOADER_KEY,
     SECRET_BOX_KEY,
     STORE_KEY,
@@ -61,16 +63,55 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(request.app[OPENAPI_KEY])
 
 
+UI_DIR = Path(__file__).parent / "ui"
+UI_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+            ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data:; connect-src 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-cache",
+}
+
+
+def ui_files() -> dict[str, tuple[bytes, str]]:
+    """The page's files by name, read once: only these are served, and no request path ever
+    reaches the disk."""
+    return {path.name: (path.read_bytes(), UI_TYPES[path.suffix])
+            for path in sorted(UI_DIR.iterdir()) if path.is_file() and path.suffix in UI_TYPES}
+
+
+async def ui_redirect(request: web.Request) -> web.Response:
+    return web.Response(status=302, headers={"Location": "/ui/", **UI_HEADERS})
+
+
+async def ui_file(request: web.Request) -> web.Response:
+    name = request.match_info.get("name") or "index.html"
+    found = request.app[UI_FILES_KEY].get(name)
+    if found is None:
+        response = web.Response(status=404, text="not found\n")
+    else:
+        response = web.Response(body=found[0])
+        response.headers["Content-Type"] = found[1]
+    response.headers.update(UI_HEADERS)
+    return response
+
+
 OPENAPI_KEY: web.AppKey[dict[str, object]] = web.AppKey("openapi")
 METRICS_DIR_KEY: web.AppKey[Path | None] = web.AppKey("metrics_dir")
 READINESS_KEY: web.AppKey[Callable[[], str | None] | None] = web.AppKey("readiness")
+UI_FILES_KEY: web.AppKey[dict[str, tuple[bytes, str]]] = web.AppKey("ui_files")
 
 
 def create_admin_app(store: KeyStore, config: Callable[[], Config],
                      reloader: ConfigReloader | None = None,
                      metrics_dir: Path | None = None,
                      readiness: Callable[[], str | None] | None = None,
-                     secret_box: SecretBox | None = None) -> web.Application:
+                     secret_box: SecretBox | None = None,
+                     proxy_port: int | None = None) -> web.Application:
     app = web.Application(middlewares=[admin_middleware], client_max_size=64 * 1024)
     app[STORE_KEY] = store
     app[CONFIG_KEY] = config
@@ -79,11 +120,16 @@ def create_admin_app(store: KeyStore, config: Callable[[], Config],
     app[READINESS_KEY] = readiness
     app[SECRET_BOX_KEY] = secret_box  # to create HMAC keys; None without a master key
     app[OPENAPI_KEY] = openapi_document()
+    app[PROXY_PORT_KEY] = proxy_port  # for the page's example requests
+    app[UI_FILES_KEY] = ui_files()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/openapi.json", openapi)
     add_admin_routes(app)
+    app.router.add_get("/ui", ui_redirect)
+    app.router.add_get("/ui/", ui_file)
+    app.router.add_get("/ui/{name}", ui_file)
     if not config().admin.all_tokens():
         log.warning("no admin token configured (GATEWAY_ADMIN_TOKEN or admin.tokens): "
                     "the admin API is off")

@@ -169,6 +169,22 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
+SCHEMAS["Route"] = {
+    "type": "object", "additionalProperties": False,
+    "required": ["name", "prefix", "scopes", "public", "auth"],
+    "properties": {"name": {"type": "string"}, "prefix": {"type": "string"},
+                   "scopes": {"type": "array", "items": {"type": "string"}},
+                   "public": {"type": "boolean"},
+                   "auth": {"type": "array", "items": {"type": "string"}}},
+}
+
+SCHEMAS["Routes"] = {
+    "type": "object", "additionalProperties": False, "required": ["items", "proxy_port"],
+    "properties": {"items": {"type": "array", "items": _ref("Route")},
+                   "proxy_port": {"type": ["integer", "null"],
+                                  "description": "The port the proxy listens on, when known"}},
+}
+
 SCHEMAS["Reloaded"] = {
     "type": "object", "additionalProperties": False,
     "required": ["status", "config_hash", "message"],
@@ -245,6 +261,10 @@ def openapi_document() -> dict[str, Any]:
                         "(422 invalid_config, with the reason) and the running config stays",
                         "The config now running", _ref("Reloaded"),
                         errors=("401", "404", "422", "503")),
+        },
+        "/admin/routes": {
+            "get": _op("List the configured routes with their scopes (to suggest scopes for "
+                       "new keys)", "The routes", _ref("Routes"), errors=("401", "404", "503")),
         },
         "/admin/audit": {
             "get": _op("Read the audit trail, oldest first", "A page of audit entries",

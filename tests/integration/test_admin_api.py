@@ -298,3 +298,10 @@ async def test_hmac_keys_through_the_admin_api(redis_clean, upstream, start_gate
     headers = sign_request("GET", url, key_id=key["id"], secret=key["secret"])
     async with http.get(url, headers=headers) as response:
         assert response.status == 200
+
+
+async def test_routes_are_listed_with_their_scopes_for_the_page(gateway, admin) -> None:
+    routes = await admin.call("GET", "/admin/routes", expect=200)
+    assert routes == {"items": [{"name": "vision", "prefix": "/vision", "scopes": [VISION],
+                                 "public": False, "auth": ["api_key", "hmac"]}],
+                      "proxy_port": gateway.running.proxy_port}
