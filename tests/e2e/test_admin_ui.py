@@ -4,6 +4,9 @@ rendered as text. Screenshots of each step go to test-artifacts/ui/."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.client import sign_request
+from gateway.config import build_config
 from tests.conftest import api_key, make_config
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,6 +37,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-component-update", "--disable-sync"]
 WIDE = {"width": 1280, "height": 800}
 NARROW = {"width": 390, "height": 844}
+PAGE_SIZE = 50  # what the page asks the API for at a time (PAGE in app.js)
 
 
 @pytest.fixture
@@ -113,7 +119,7 @@ async def test_an_operator_runs_the_whole_key_life_cycle_from_the_page(gateway, 
     await page.fill("#token", TOKEN)
     await page.click("#signin-submit")
     await page.wait_for_selector("#view-keys:not([hidden])")
-    assert await page.locator("#keys-empty").is_visible()
+    await page.locator("#keys-empty").wait_for(state="visible")  # once the keys have loaded
     assert await context.cookies() == [] and TOKEN not in page.url
     await ui.shot("keys-empty")
 
@@ -269,5 +275,271 @@ async def test_hostile_names_are_rendered_as_text(gateway, browser, http) -> Non
     assert await page.input_value("#key-description") == hostile
     await ui.shot("hostile-name")
     assert await page.locator("img").count() == 0
+    assert ui.problems == []
+    await context.close()
+
+
+# -- HMAC keys, reissue, accounts, and the list's filters, sorting and paging -------------------
+
+MASTER_ENV = {"GATEWAY_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+
+
+@pytest.fixture
+async def hmac_gateway(redis_clean, upstream, start_gateway):  # type: ignore[no-untyped-def]
+    data = {"listen": {"host": "127.0.0.1", "port": 0},
+            "admin": {"host": "127.0.0.1", "port": 0, "token": TOKEN},
+            "redis": {"url": redis_clean.url, "timeout": "0.5s"},
+            "routes": [{"name": "vision", "prefix": "/vision/",
+                        "upstream": f"http://127.0.0.1:{upstream.port}", "scopes": [VISION]}]}
+    return await start_gateway(build_config(data, "<test>", MASTER_ENV))
+
+
+async def admin_post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Any:
+    async with http.post(url, json=body,
+                         headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+        assert response.status in (200, 201), await response.text()
+        return await response.json()
+
+
+async def status_of(http: aiohttp.ClientSession, url: str,
+                    headers: dict[str, str]) -> tuple[int, str]:
+    async with http.get(url, headers=headers) as response:
+        return response.status, await response.text()
+
+
+async def eventually(http: aiohttp.ClientSession, url: str, headers: Any, status: int,
+                     code: str | None = None, seconds: float = 5.0) -> None:
+    """The gateway answers `status` (and names `code`) within a few seconds; `headers` may be
+    a callable for signed requests, which need fresh signatures."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        got, text = await status_of(http, url, headers() if callable(headers) else headers)
+        if got == status and (code is None or code in text):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"expected {status} {code}, got {got}: {text}")
+        await asyncio.sleep(0.1)
+
+
+async def create_account_via_page(page: Any, name: str) -> None:
+    await page.click("#tab-accounts")
+    await page.fill("#account-name", name)
+    await page.click("#account-create")
+    await page.wait_for_selector(f"#accounts-body tr:has-text('{name}')")
+
+
+async def test_an_hmac_key_is_created_reissued_and_signs_requests(hmac_gateway, browser,
+                                                                   http) -> None:
+    gateway = hmac_gateway
+    context, ui = await new_page(browser, "hmac")
+    page = ui.page
+    await sign_in(page, gateway.admin_url)
+    await create_account_via_page(page, "signer-service")
+    await page.click("#tab-keys")
+
+    # HMAC keys need an expiry: "No expiry" is not offered, and an empty date is refused.
+    await page.click("#create-key")
+    await page.wait_for_selector("#key-dialog[open]")
+    await page.select_option("#key-account", label="signer-service")
+    await page.check("input[name=key-type][value=hmac]")
+    assert await page.locator("#key-expiry-preset option[value='']").is_disabled()
+    assert "HMAC keys need an expiry" in (await page.text_content("#key-expiry-hint") or "")
+    await page.check(f"#scope-options input[value='{VISION}']")
+    await page.select_option("#key-expiry-preset", "custom")
+    await page.fill("#key-expiry", "")
+    await page.click("#key-save")
+    error = page.locator("#key-error")
+    await error.wait_for(state="visible")
+    assert "expiry" in (await error.text_content() or "")
+    assert await page.locator("#key-dialog[open]").count() == 1
+    await ui.shot("hmac-expiry-required")
+    keys = await admin_get(http, gateway.admin_url + "/admin/keys")
+    assert keys["items"] == []
+
+    # With an expiry: the token, the secret and a `gateway sign` command, once.
+    await page.select_option("#key-expiry-preset", "30d")
+    await page.click("#key-save")
+    await page.wait_for_selector("#secret-dialog[open]")
+    token = (await page.text_content("#secret-id")) or ""
+    secret = (await page.text_content("#secret-value")) or ""
+    assert token and secret
+    assert "Token" in (await page.text_content("#secret-id-label") or "")
+    example = await page.text_content("#secret-example") or ""
+    assert example.startswith("gateway sign ") and token in example and secret in example
+    assert f":{gateway.running.proxy_port}/vision/" in example
+    await ui.shot("hmac-secret-shown")
+    stored = await admin_get(http, f"{gateway.admin_url}/admin/keys/{token}")
+    assert stored["type"] == "hmac" and stored["expires_at"]
+    url = gateway.url + "/vision/x"
+
+    def signed(with_secret: str) -> Any:
+        return lambda: sign_request("GET", url, key_id=token, secret=with_secret)
+
+    assert (await status_of(http, url, signed(secret)()))[0] == 200
+    await page.click("#secret-done")
+
+    # Reissue from the edit dialog (opened with the row's Edit button), with a grace period.
+    row = page.locator(f"#keys-body tr[data-id='{token}']")
+    await row.wait_for()
+    await row.locator("button.edit-key").click()
+    await page.wait_for_selector("#key-dialog[open]")
+    assert token in (await page.text_content("#key-readonly") or "")
+    await page.select_option("#reissue-grace", "5m")
+    await ui.shot("hmac-reissue")
+    await page.click("#reissue")
+    await page.wait_for_selector("#secret-dialog[open]")
+    assert "reissued" in (await page.text_content("#secret-dialog-title") or "")
+    assert await page.text_content("#secret-id") == token
+    new_secret = (await page.text_content("#secret-value")) or ""
+    assert new_secret and new_secret != secret
+    await ui.shot("hmac-reissued-secret")
+    await page.click("#secret-done")
+    assert await page.text_content("#secret-value") == ""
+    assert new_secret not in await page.content()
+    assert (await status_of(http, url, signed(new_secret)()))[0] == 200
+    assert (await status_of(http, url, signed(secret)()))[0] == 200  # within the grace
+    stored = await admin_get(http, f"{gateway.admin_url}/admin/keys/{token}")
+    assert stored["previous_secret_valid_until"]
+    # The editor shows until when the old secret works.
+    await row.dblclick()
+    await page.wait_for_selector("#key-dialog[open]")
+    assert "Old secret valid until" in (await page.text_content("#key-readonly") or "")
+    await page.keyboard.press("Escape")
+
+    # A reissue without grace ends the old secret at once.
+    await row.locator("button.edit-key").click()
+    await page.wait_for_selector("#key-dialog[open]")
+    await page.select_option("#reissue-grace", "")
+    await page.click("#reissue")
+    await page.wait_for_selector("#secret-dialog[open]")
+    newest = (await page.text_content("#secret-value")) or ""
+    await page.click("#secret-done")
+    assert (await status_of(http, url, signed(newest)()))[0] == 200
+    assert (await status_of(http, url, signed(new_secret)()))[0] == 401
+    assert ui.problems == []
+    await context.close()
+
+
+async def test_accounts_are_disabled_and_lose_api_access_from_the_page(gateway, browser,
+                                                                       http) -> None:
+    context, ui = await new_page(browser, "accounts")
+    page = ui.page
+    account = await admin_post(http, gateway.admin_url + "/admin/accounts", {"name": "ops-bot"})
+    key = await admin_post(http, gateway.admin_url + "/admin/keys",
+                           {"account_id": account["id"], "scopes": [VISION]})
+    url, headers = gateway.url + "/vision/x", api_key(key["secret"])
+    await eventually(http, url, headers, 200)
+    await sign_in(page, gateway.admin_url)
+    await page.click("#tab-accounts")
+    row = page.locator(f"#accounts-body tr[data-id='{account['id']}']")
+    await row.wait_for()
+    assert (await row.locator("td[data-label='Keys']").text_content()) == "1"
+
+    await row.get_by_role("button", name="Disable ops-bot").click()
+    await row.locator("td[data-label='Status']:has-text('Disabled')").wait_for()
+    await ui.shot("account-disabled")
+    assert (await admin_get(http, f"{gateway.admin_url}/admin/accounts/{account['id']}")
+            )["enabled"] is False
+    await eventually(http, url, headers, 403, "account_disabled")
+    # The keys list says why.
+    await page.click("#tab-keys")
+    key_row = page.locator(f"#keys-body tr[data-id='{key['id']}']")
+    assert "Account disabled" in (await key_row.text_content() or "")
+    await page.click("#tab-accounts")
+
+    await row.get_by_role("button", name="Enable ops-bot").click()
+    await row.locator("td[data-label='Status']:has-text('Enabled')").wait_for()
+    await eventually(http, url, headers, 200)
+
+    await row.get_by_role("button", name="Revoke API access of ops-bot").click()
+    await row.locator("td[data-label='API access']:has-text('None')").wait_for()
+    await ui.shot("api-access-revoked")
+    assert (await admin_get(http, f"{gateway.admin_url}/admin/accounts/{account['id']}")
+            )["api_access"] is False
+    await eventually(http, url, headers, 403, "api_access_denied")
+
+    await row.get_by_role("button", name="Grant API access to ops-bot").click()
+    await row.locator("td[data-label='API access']:has-text('Granted')").wait_for()
+    await eventually(http, url, headers, 200)
+    await ui.shot("api-access-granted")
+    assert ui.problems == []
+    await context.close()
+
+
+async def test_the_key_list_filters_sorts_and_pages(hmac_gateway, browser, http) -> None:
+    gateway = hmac_gateway
+    admin = gateway.admin_url
+    alpha = await admin_post(http, admin + "/admin/accounts", {"name": "alpha"})
+    beta = await admin_post(http, admin + "/admin/accounts", {"name": "beta"})
+    made: dict[str, list[str]] = {}
+    for account in (alpha, beta):
+        for kind in ("api_key", "hmac"):
+            body = {"account_id": account["id"], "type": kind, "scopes": [VISION]}
+            if kind == "hmac":
+                body["expires_in"] = "30d"
+            key = await admin_post(http, admin + "/admin/keys", body)
+            made.setdefault(account["name"], []).append(key["id"])
+            made.setdefault(kind, []).append(key["id"])
+
+    context, ui = await new_page(browser, "list")
+    page = ui.page
+    await sign_in(page, admin)
+    rows = page.locator("#keys-body tr")
+
+    async def shown_ids() -> list[str]:
+        return [i for i in await rows.evaluate_all("rs => rs.map(r => r.dataset.id)")]
+
+    await async_api.expect(rows).to_have_count(4)
+    # The account filter asks the API again; the type filter narrows what is loaded.
+    await page.select_option("#filter-account", label="alpha")
+    await async_api.expect(rows).to_have_count(2)
+    assert sorted(await shown_ids()) == sorted(made["alpha"])
+    await page.select_option("#filter-type", "hmac")
+    assert await shown_ids() == [i for i in made["alpha"] if i in made["hmac"]]
+    assert "1 of 2" in (await page.text_content("#keys-summary") or "")
+    await ui.shot("filter-alpha-hmac")
+    await page.select_option("#filter-account", label="All accounts")
+    await async_api.expect(rows).to_have_count(2)
+    assert sorted(await shown_ids()) == sorted(made["hmac"])
+    await page.select_option("#filter-type", "api_key")
+    assert sorted(await shown_ids()) == sorted(made["api_key"])
+    await page.select_option("#filter-type", "")
+    assert len(await shown_ids()) == 4
+
+    # Sorting: a header click sorts ascending, a second click descending.
+    await page.click("button.sort[data-sort='id']")
+    ids = await shown_ids()
+    assert ids == sorted(ids)
+    assert await page.get_attribute("th:has(button.sort[data-sort='id'])",
+                                    "aria-sort") == "ascending"
+    await page.click("button.sort[data-sort='id']")
+    assert await shown_ids() == sorted(ids, reverse=True)
+    await page.click("button.sort[data-sort='account']")
+    names = await page.locator("#keys-body td[data-label='Account']").all_text_contents()
+    assert names == ["alpha", "alpha", "beta", "beta"]
+    await page.click("button.sort[data-sort='type']")
+    types = await page.locator("#keys-body td[data-label='Type']").all_text_contents()
+    assert types == sorted(types)
+    await ui.shot("sorted-by-type")
+
+    # Paging: the page asks for 50 keys at a time; the 51st onwards come with "Load more".
+    for _ in range(PAGE_SIZE + 3 - 4):
+        await admin_post(http, admin + "/admin/keys",
+                         {"account_id": beta["id"], "scopes": [VISION]})
+    await page.click("#refresh-keys")
+    await async_api.expect(rows).to_have_count(PAGE_SIZE)
+    more = page.locator("#load-more")
+    assert await more.is_visible()
+    assert "more available" in (await page.text_content("#keys-summary") or "")
+    first_page = await shown_ids()
+    await ui.shot("first-page")
+    await more.click()
+    await async_api.expect(rows).to_have_count(PAGE_SIZE + 3)
+    everything = await shown_ids()
+    assert set(first_page) < set(everything) and len(set(everything)) == PAGE_SIZE + 3
+    listed = await admin_get(http, admin + f"/admin/keys?limit={PAGE_SIZE + 10}")
+    assert set(everything) == {k["id"] for k in listed["items"]}
+    await more.wait_for(state="hidden")
+    await ui.shot("all-loaded")
     assert ui.problems == []
     await context.close()

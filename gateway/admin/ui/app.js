@@ -272,6 +272,11 @@ function renderKeys() {
       updateSelection();
     });
     check.addEventListener("dblclick", (e) => e.stopPropagation());
+    const edit = el("button", {
+      type: "button", className: "btn small edit-key", "aria-label": `Edit key ${key.id}`,
+      onclick: () => openEdit(key),
+    }, "Edit");
+    edit.addEventListener("dblclick", (e) => e.stopPropagation());
     const row = el("tr", { tabIndex: 0, className: "key-row", dataset: { id: key.id },
       "aria-label": `Key ${key.id}; press Enter to edit` },
       el("td", { className: "check" }, check),
@@ -289,7 +294,8 @@ function renderKeys() {
       el("td", { className: "when", "data-label": "Last used", title: key.last_used_at ? exactTime(key.last_used_at) : "" },
         key.last_used_at ? relative(key.last_used_at, now) : el("span", { className: "muted" }, "never")),
       el("td", { className: "mono secret", "data-label": "Secret" }, key.masked_secret),
-      el("td", { "data-label": "Status" }, badge(status, STATUS_NAMES[status])));
+      el("td", { "data-label": "Status" }, badge(status, STATUS_NAMES[status])),
+      el("td", { className: "right actions-cell edit-cell" }, edit));
     row.addEventListener("dblclick", () => openEdit(key));
     row.addEventListener("keydown", (e) => {
       if (e.key === "Enter" && e.target === row) {
