@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,19 @@ from tests.support.redis_server import free_port
 def route(name: str, prefix: str, upstream: str, **extra: Any) -> dict[str, Any]:
     # Public: these tests are about forwarding; authentication has tests of its own.
     return {"name": name, "prefix": prefix, "upstream": upstream, "public": True, **extra}
+
+
+@asynccontextmanager
+async def raw_upstream(
+        handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """A misbehaving upstream speaking raw bytes; yields its port."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def upstream_url(server: Any, path: str = "") -> str:
@@ -242,17 +256,12 @@ async def test_upstream_that_closes_without_answering_is_502(redis_server, start
         await reader.readuntil(b"\r\n\r\n")
         writer.close()
 
-    server = await asyncio.start_server(slam, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with raw_upstream(slam) as port:
         gateway = await start_gateway(make_config(
             redis_server.url, [route("bad", "/bad/", f"http://127.0.0.1:{port}")]))
         async with http.get(gateway.url + "/bad/x") as response:
             assert response.status == 502
             assert (await response.json())["error"]["code"] == "upstream_unavailable"
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_hanging_upstream_is_504_after_the_route_timeout(redis_server, serve_app,
@@ -425,14 +434,9 @@ async def test_a_small_answer_cut_short_by_the_upstream_is_a_clean_502(redis_ser
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(short, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with raw_upstream(short) as port:
         gateway = await start_gateway(make_config(
             redis_server.url, [route("cut", "/cut/", f"http://127.0.0.1:{port}")]))
         async with http.get(gateway.url + "/cut/x") as response:
             assert response.status == 502
             assert (await response.json())["error"]["code"] == "upstream_unavailable"
-    finally:
-        server.close()
-        await server.wait_closed()

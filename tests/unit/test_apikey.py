@@ -13,22 +13,9 @@ import zlib
 import pytest
 
 from gateway.auth import apikey
+from tests.support.keyformat import ALPHABET, b62, checksum
 
-ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 SECRET_RE = re.compile(r"^gwk_[0-9A-Za-z]{36}$")
-
-
-def b62(value: int, width: int = 6) -> str:
-    """Big-endian base62 of `value`, zero-padded (with '0') to `width` digits."""
-    digits = ""
-    while value:
-        value, digit = divmod(value, 62)
-        digits = ALPHABET[digit] + digits
-    return digits.rjust(width, "0")
-
-
-def checksum(random_part: str) -> str:
-    return b62(zlib.crc32(random_part.encode("ascii")))
 
 
 def make(random_part: str) -> str:

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.auth.credentials import ApiKeyCredential, SignatureCredential, credential_from
 from gateway.errors import RequestRefused
+from tests.support.keyformat import make_secret
 
-ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
-
-def b62(value: int, width: int = 6) -> str:
-    digits = ""
-    while value:
-        value, digit = divmod(value, 62)
-        digits = ALPHABET[digit] + digits
-    return digits.rjust(width, "0")
-
-
-def make(random_part: str) -> str:
-    return "gwk_" + random_part + b62(zlib.crc32(random_part.encode("ascii")))
+make = make_secret
 
 
 KEY = make("0123456789ABCDEFGHIJabcdefghij")
