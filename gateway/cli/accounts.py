@@ -14,7 +14,7 @@ from .common import (
     with_service,
     yes_option,
 )
-from .output import JsonArrayStream, TableStream, emit_json, emit_record
+from .output import JsonArrayStream, TableStream, emit, emit_json
 
 # -- accounts ------------------------------------------------------------------------------------
 
@@ -34,10 +34,7 @@ async def accounts_create(service: KeyService, name: str, no_api_access: bool,
                           as_json: bool) -> None:
     """Create an account."""
     account = await service.create_account(name, api_access=not no_api_access)
-    if as_json:
-        emit_json(account.public())
-    else:
-        emit_record(account.public())
+    emit(account.public(), as_json)
 
 
 
@@ -74,10 +71,7 @@ async def accounts_list(service: KeyService, as_json: bool) -> None:
 async def accounts_show(service: KeyService, account_id: str, as_json: bool) -> None:
     """Show an account and its number of keys."""
     view = await service.account_view(await service.get_account(account_id))
-    if as_json:
-        emit_json(view)
-    else:
-        emit_record(view)
+    emit(view, as_json)
 
 
 @accounts.command("update")
@@ -100,10 +94,7 @@ async def accounts_update(service: KeyService, account_id: str, enabled: bool | 
                                "--api-access or --no-api-access")
     account = await service.update_account(account_id, enabled=enabled, api_access=api_access)
     view = await service.account_view(account)
-    if as_json:
-        emit_json(view)
-    else:
-        emit_record(view)
+    emit(view, as_json)
 
 
 @accounts.command("delete")

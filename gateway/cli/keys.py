@@ -24,7 +24,7 @@ from .common import (
     with_service,
     yes_option,
 )
-from .output import JsonArrayStream, TableStream, emit_json, emit_record
+from .output import JsonArrayStream, TableStream, emit, emit_json, emit_record
 
 # -- keys ----------------------------------------------------------------------------------------
 
@@ -74,10 +74,7 @@ async def keys_show(service: KeyService, key_id: str, as_json: bool) -> None:
     """Show a key (never its secret)."""
     key = await service.get_key(key_id)
     record = key.public(await service.last_used(key_id))
-    if as_json:
-        emit_json(record)
-    else:
-        emit_record(record)
+    emit(record, as_json)
 
 
 
@@ -175,10 +172,7 @@ async def keys_update(service: KeyService, key_id: str, expires_in: str | None,
     key = await service.update_key(key_id, expires_at=expiry,
                                    description=UNSET if description is None else description)
     view = await service.key_view(key)
-    if as_json:
-        emit_json(view)
-    else:
-        emit_record(view)
+    emit(view, as_json)
 
 
 def _immutable(value: Any, what: str) -> None:

@@ -30,6 +30,14 @@ def emit_record(record: Mapping[str, Any]) -> None:
         click.echo(f"{name.ljust(width)}  {_cell(value)}")
 
 
+def emit(record: Mapping[str, Any], as_json: bool) -> None:
+    """One record: JSON for scripts, aligned `name  value` lines for people."""
+    if as_json:
+        emit_json(record)
+    else:
+        emit_record(record)
+
+
 def emit_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
     cells = [[_cell(row.get(column)) for column in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
