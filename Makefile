@@ -6,3 +6,11 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench:
 	$(PYTHON) -m bench.run $(BENCH_ARGS)
+
+# `make soak`: the soak run of issue 9 (bench/soak.py): mixed traffic, key churn, memory sampled
+# over time, unexpected errors counted; never in CI. Options: make soak SOAK_ARGS="--duration 300".
+SOAK_ARGS ?=
+
+.PHONY: soak
+soak:
+	$(PYTHON) -m bench.soak $(SOAK_ARGS)

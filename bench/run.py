@@ -208,7 +208,9 @@ class Stack:
         env["PYTHONPATH"] = str(ROOT)
         return env
 
-    def gateway(self, name: str, redis_sock: Path) -> tuple[Service, int, int]:
+    def gateway(self, name: str, redis_sock: Path,
+                extra: dict[str, Any] | None = None) -> tuple[Service, int, int]:
+        """`extra`: more top-level config sections (bench/soak.py's)."""
         port, admin = free_port(), free_port()
         config = self.tmp / f"{name}.yaml"
         config.write_text(json.dumps({
@@ -224,6 +226,7 @@ class Stack:
                  "scopes": [SCOPE], "upstream": f"http://127.0.0.1:{self.ports['sink']}",
                  "timeout": "120s"},
             ],
+            **(extra or {}),
         }))
         env = self.env()
         env["GATEWAY_ADMIN_TOKEN"] = self.admin_token
