@@ -138,6 +138,20 @@ class HmacConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BruteForceConfig:
+    """Failed authentications counted per client address, shared by every worker and instance:
+    past `max_failures` within `window`, the address gets 429 for `block_for`. 0 turns it off."""
+
+    max_failures: int = 30
+    window: float = 60.0
+    block_for: float = 60.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_failures > 0
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     name: str
     prefix: str  # normalised: no trailing slash, "/" for the root
@@ -158,6 +172,7 @@ class Config:
     redis: RedisConfig = RedisConfig()
     keys: KeysConfig = KeysConfig()
     hmac: HmacConfig = HmacConfig()
+    brute_force: BruteForceConfig = BruteForceConfig()
     routes: tuple[RouteConfig, ...] = ()
     data_dir: Path = Path(".gateway")
     master_key: bytes | None = field(default=None, repr=False)
@@ -228,6 +243,12 @@ def _boolean(value: object) -> bool:
 def _port(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise ValueError("expected a port number between 0 and 65535")
+    return value
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("expected a whole number, 0 or more")
     return value
 
 
@@ -392,6 +413,7 @@ def _master_key(value: str) -> bytes:
 # descriptor, not the default value).
 _LISTEN, _ADMIN, _REDIS, _KEYS, _HMAC = (ListenConfig(), AdminConfig(), RedisConfig(),
                                          KeysConfig(), HmacConfig())
+_BRUTE_FORCE = BruteForceConfig()
 
 
 def _log_level(value: object) -> str:
@@ -409,8 +431,8 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigProblem("", "expected a mapping at the top level")])
-    reader.unknown(data, "", {"listen", "admin", "redis", "keys", "hmac", "routes", "data_dir",
-                              "log"})
+    reader.unknown(data, "", {"listen", "admin", "redis", "keys", "hmac", "brute_force",
+                              "routes", "data_dir", "log"})
 
     raw = reader.section(data, "listen", {"host", "port", "trusted_proxies", "drain_timeout"})
     listen = ListenConfig(
@@ -460,6 +482,15 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         max_body_bytes=reader.get(raw, "max_body_bytes", "hmac.max_body_bytes", parse_size,
                                   _HMAC.max_body_bytes),
     )
+    raw = reader.section(data, "brute_force", {"max_failures", "window", "block_for"})
+    brute_force = BruteForceConfig(
+        max_failures=reader.get(raw, "max_failures", "brute_force.max_failures", _count,
+                                _BRUTE_FORCE.max_failures),
+        window=reader.get(raw, "window", "brute_force.window", _positive_duration,
+                          _BRUTE_FORCE.window),
+        block_for=reader.get(raw, "block_for", "brute_force.block_for", _positive_duration,
+                             _BRUTE_FORCE.block_for),
+    )
     routes = _routes(reader, data.get("routes"))
     data_dir = Path(reader.get(data, "data_dir", "data_dir", _string, ".gateway"))
 
@@ -479,8 +510,8 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
     if reader.problems:
         raise ConfigError(source, reader.problems)
     return Config(source=source, listen=listen, admin=admin, redis=redis, keys=keys, hmac=hmac,
-                  routes=routes, data_dir=data_dir, master_key=master_key, log=log,
-                  digest=digest)
+                  brute_force=brute_force, routes=routes, data_dir=data_dir,
+                  master_key=master_key, log=log, digest=digest)
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:

@@ -5,14 +5,15 @@
     ├── StoreError             the key store (Redis) failed
     │   └── StoreUnavailable   ...because it could not be reached in time
     ├── RequestRefused         a request the gateway answers itself (carries a SPEC §5 code)
+    ├── ClientGone             the client went away (or its body broke) while being read
     └── ServiceError           a management operation was refused (CLI, admin API, web page)
         ├── NotFound           no account or key with that id
         ├── Conflict           the operation contradicts the current state
         └── InvalidRequest     the operation's input is wrong (names the field)
 
-Third-party errors (redis, aiohttp client) are translated into this tree at the boundary where
-they happen. `RequestRefused` is turned into an HTTP response in exactly one place:
-`gateway.proxy.responses.error_response`.
+Third-party errors (redis, httptools, sockets) are translated into this tree at the boundary
+where they happen. `RequestRefused` is turned into an HTTP response in exactly one place:
+`gateway.proxy.responses.error_reply`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ STATUS_BY_CODE: Mapping[str, int] = {
     "uri_too_long": 414,
     "headers_too_large": 431,
     "too_many_requests": 429,
+    "internal_error": 500,
     "upstream_unavailable": 502,
     "key_store_unavailable": 503,
     "upstream_timeout": 504,
@@ -82,6 +84,10 @@ class RequestRefused(GatewayError):
         self.message = message
         self.status = STATUS_BY_CODE[code]
         self.headers = headers or {}
+
+
+class ClientGone(GatewayError):
+    """The client went away (or sent a body the parser refused) while its body was read."""
 
 
 class ServiceError(GatewayError):

@@ -26,17 +26,13 @@ from gateway.keys.secrets import MasterKeyError, SecretBox, load_master_key
 from gateway.keys.store import KeyStore
 from gateway.keys.usage import UsageRecorder
 from gateway.observability.access_log import AccessLog
-from gateway.proxy.forward import UpstreamPool
 from gateway.proxy.handler import ProxyHandler, ProxyState
+from gateway.proxy.listener import ProxyServer
+from gateway.proxy.upstream import UpstreamPool
 from gateway.reload import ConfigReloader
 from gateway.store.client import Redis, open_redis
 
 log = logging.getLogger(__name__)
-
-# Largest request line and header field the proxy listener parses (aiohttp's defaults).
-MAX_LINE_SIZE = 8190
-MAX_FIELD_SIZE = 8190
-
 
 @dataclass(frozen=True, slots=True)
 class RunningGateway:
@@ -102,28 +98,25 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
             handler.reload(new)
 
         reloader = ConfigReloader(lambda: handler.state.config, apply, env or {})
-        proxy_runner = web.ServerRunner(
-            web.Server(handler, access_log=None, max_line_size=MAX_LINE_SIZE,
-                       max_field_size=MAX_FIELD_SIZE),
-            shutdown_timeout=config.listen.drain_timeout,
-        )
-        await proxy_runner.setup()
-        stack.push_async_callback(proxy_runner.cleanup)
-        await web.TCPSite(proxy_runner, config.listen.host, config.listen.port,
-                          reuse_port=reuse_port).start()
+        proxy_server = ProxyServer(handler)
+        proxy_port = await proxy_server.start(config.listen.host, config.listen.port,
+                                              reuse_port=reuse_port)
+        # The drain reads the config current at stop time, so a reload can change it.
+        stack.push_async_callback(
+            lambda: proxy_server.close(handler.state.config.listen.drain_timeout))
 
         admin_port = None
         if admin:
             admin_runner = web.AppRunner(
                 create_admin_app(store, lambda: handler.state.config, reloader,
-                                 secret_box=secret_box, proxy_port=_bound_port(proxy_runner)),
+                                 secret_box=secret_box, proxy_port=proxy_port),
                 access_log=None)
             await admin_runner.setup()
             stack.push_async_callback(admin_runner.cleanup)
             await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
             admin_port = _bound_port(admin_runner)
 
-        yield RunningGateway(proxy_port=_bound_port(proxy_runner), admin_port=admin_port,
+        yield RunningGateway(proxy_port=proxy_port, admin_port=admin_port,
                              redis_url=redis_url, redis=redis, handler=handler, cache=cache,
                              usage=usage, listener=listener, reloader=reloader,
                              access_log=access_log)

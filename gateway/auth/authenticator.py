@@ -11,8 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from gateway.auth import apikey, signatures
 from gateway.auth.credentials import (
@@ -23,13 +22,16 @@ from gateway.auth.credentials import (
 )
 from gateway.auth.decide import Allow, Deny, decide, method_accepted, scope_decision
 from gateway.config import HmacConfig, RouteConfig
-from gateway.errors import RequestRefused, StoreUnavailable
+from gateway.errors import ClientGone, RequestRefused, StoreUnavailable
 from gateway.keys.cache import KeyCache
 from gateway.keys.model import Account, KeyRecord
 from gateway.keys.secrets import MasterKeyError, SecretBox
 from gateway.keys.store import KeyStore
 from gateway.keys.usage import UsageRecorder
 from gateway.observability.metrics import AUTH_RESULTS, STORE_ERRORS
+
+if TYPE_CHECKING:
+    from gateway.proxy.listener import Exchange
 
 AUTH_METHOD_HEADER_VALUE = {"api_key": "api-key", "hmac": "hmac"}
 MAX_OPENED_SECRETS = 10_000
@@ -71,7 +73,7 @@ class Authenticator:
         self.clock = clock
         self._opened: dict[str, bytes] = {}  # sealed secret -> HMAC key bytes
 
-    async def authenticate(self, request: web.BaseRequest, route: RouteConfig) -> Authenticated:
+    async def authenticate(self, request: Exchange, route: RouteConfig) -> Authenticated:
         # Named by what the request tried, so a malformed key still counts as an API key.
         headers = request.headers
         method = ("api_key" if "Authorization" in headers else
@@ -87,7 +89,7 @@ class Authenticator:
         AUTH_RESULTS.labels(method, "ok").inc()
         return result
 
-    async def _authenticate(self, credential: Credential | None, request: web.BaseRequest,
+    async def _authenticate(self, credential: Credential | None, request: Exchange,
                             route: RouteConfig) -> Authenticated:
         if credential is None:
             raise RequestRefused("missing_credentials",
@@ -123,7 +125,7 @@ class Authenticator:
         self.usage.record(allowed.key.id, now)
         return Authenticated(identity_headers(allowed.key, allowed.account))
 
-    async def _signed(self, credential: SignatureCredential, request: web.BaseRequest,
+    async def _signed(self, credential: SignatureCredential, request: Exchange,
                       route: RouteConfig) -> Authenticated:
         try:
             parsed = signatures.parse(credential.signature_input, credential.signature)
@@ -192,7 +194,7 @@ class Authenticator:
             self._opened[sealed] = opened
         return opened
 
-    async def _read_body(self, request: web.BaseRequest) -> bytes:
+    async def _read_body(self, request: Exchange) -> bytes:
         """Buffer a signed body to check its digest, never past `hmac.max_body_bytes`."""
         limit = self.hmac_config.max_body_bytes
         too_large = RequestRefused("body_too_large",
@@ -201,7 +203,14 @@ class Authenticator:
             raise too_large
         chunks: list[bytes] = []
         size = 0
-        while chunk := await request.content.readany():
+        while True:
+            try:
+                chunk = await request.content.readany()
+            except ClientGone:
+                raise RequestRefused("bad_request", "the request body was cut off or "
+                                     "malformed") from None
+            if not chunk:
+                break
             size += len(chunk)
             if size > limit:
                 raise too_large

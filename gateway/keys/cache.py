@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -260,19 +260,28 @@ class KeyCache:
 
 
 class InvalidationListener:
-    """Follows the invalidation channel; any gap in the subscription drops the cache."""
+    """Follows the invalidation channel; any gap in the subscription drops the cache.
+
+    Other channels ride on the same subscription connection: `handlers` maps each channel
+    name to a callback taking a message's payload (the brute-force block announcements of
+    gateway.auth.throttle). A callback must not raise: a failure here counts as a gap."""
 
     RETRY_MIN = 0.05
     RETRY_MAX = 1.0
     # How long one wait for a message lasts; also the longest a stop() waits for the loop.
     POLL = 0.25
 
-    def __init__(self, redis: Redis, cache: KeyCache) -> None:
+    def __init__(self, redis: Redis, cache: KeyCache,
+                 handlers: Mapping[str, Callable[[bytes], None]] | None = None) -> None:
         self.redis = redis
         self.cache = cache
         self.subscribed = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        # Channel (as redis-py reports it: bytes) -> callback.
+        self._handlers: dict[bytes, Callable[[bytes], None]] = {
+            channel.encode(): handler for channel, handler in (handlers or {}).items()}
+        self._handlers[EVENTS.encode()] = cache.handle_event
 
     def _on_connect(self, connection: object) -> None:
         # Called by redis-py on every (re)connect of the subscription, including the silent
@@ -297,7 +306,7 @@ class InvalidationListener:
         while not self._stopping:
             pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(EVENTS)
+                await pubsub.subscribe(*self._handlers)
                 assert pubsub.connection is not None
                 pubsub.connection.register_connect_callback(self._on_connect)
                 self.cache.drop_all()
@@ -307,7 +316,12 @@ class InvalidationListener:
                     message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                        timeout=self.POLL)
                     if message is not None and message.get("type") == "message":
-                        self.cache.handle_event(message["data"])
+                        channel = message["channel"]
+                        if isinstance(channel, str):  # a client made with decode_responses
+                            channel = channel.encode()
+                        handler = self._handlers.get(channel)
+                        if handler is not None:
+                            handler(message["data"])
             except Exception as exc:  # any failure means the subscription has a gap
                 if self.subscribed.is_set():
                     log.warning("invalidation subscription lost (%s); cache dropped",

@@ -63,3 +63,9 @@ def render(multiprocess_dir: Path | None) -> tuple[bytes, str]:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+# Brute-force protection (gateway.auth.throttle): requests refused with 429 because their client
+# address failed to authenticate too often.
+AUTH_THROTTLED = Counter("gateway_auth_throttled",
+                         "Requests refused with 429: their client address is blocked after too "
+                         "many failed authentications")

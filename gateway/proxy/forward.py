@@ -1,176 +1,170 @@
-"""Forwarding to upstreams: one pooled keep-alive client session per process, bodies streamed
-both ways with bounded memory, upstream failures translated into SPEC §5 codes here.
+"""Forwarding one request: serialise it for the upstream, stream bodies both ways with bounded
+memory, and translate upstream failures into SPEC §5 codes, here and nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from gateway.config import RouteConfig
-from gateway.errors import RequestRefused
-from gateway.proxy.headers import client_response_headers
+from gateway.errors import ClientGone, RequestRefused
+from gateway.proxy.headers import client_response_pairs
+from gateway.proxy.listener import Exchange
+from gateway.proxy.upstream import (
+    Origin,
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamStale,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger(__name__)
 
-# Connection pool bounds: enough for a busy worker, bounded so a slow upstream cannot make one
-# worker open unbounded sockets. Waiting for a free connection counts against connect_timeout.
-POOL_LIMIT = 1024
-POOL_LIMIT_PER_HOST = 512
-POOL_KEEPALIVE = 30.0
-READ_BUFFER = 2**16
-SMALL_BODY = 2**16  # answers up to this size (with a Content-Length) are sent in one write
-# Headers aiohttp's client would otherwise invent; the proxy sends only what the client sent.
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-_NO_BODY_STATUSES = frozenset({204, 304})
+SMALL_BODY = 2**16  # answers up to this size are read whole, then sent in one write
+# Safe to send again when a reused keep-alive connection died before answering (RFC 9110 §9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
     route: RouteConfig
+    origin: Origin
+    host: str  # the Host header the upstream gets
     method: str
-    url: URL
+    target: str  # path and query, already encoded
     headers: CIMultiDict[str]
     request_id: str
-    timeout: aiohttp.ClientTimeout
     body: bytes | None = None  # already read (a signed body); else the body is streamed
 
 
-class _ClientGone(Exception):
-    """The client went away while we were reading its body."""
+def request_head(upstream: UpstreamRequest, framing: str) -> bytes:
+    lines = [f"{upstream.method} {upstream.target} HTTP/1.1\r\nHost: {upstream.host}\r\n"]
+    for name, value in upstream.headers.items():
+        if name.lower() not in _FRAMING:
+            lines.append(f"{name}: {value}\r\n")
+    lines.append(framing)
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
 
 
-class UpstreamPool:
-    """Owns the process's one ClientSession; started and closed with the server."""
-
-    def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=POOL_LIMIT,
-            limit_per_host=POOL_LIMIT_PER_HOST,
-            keepalive_timeout=POOL_KEEPALIVE,
-            ttl_dns_cache=300,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,  # Content-Encoding passes through untouched
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            read_bufsize=READ_BUFFER,
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("UpstreamPool used before start()")
-        return self._session
-
-
-async def _body_from(request: web.BaseRequest) -> AsyncIterator[bytes]:
-    # Reading chunk by chunk keeps memory bounded: aiohttp pauses the client's socket when its
-    # buffer fills, and the upstream write below waits for the upstream to drain.
-    content = request.content
-    while True:
-        try:
-            chunk = await content.readany()
-        except (ConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
-            raise _ClientGone() from exc
-        if not chunk:
-            return
-        yield chunk
-
-
-async def forward(pool: UpstreamPool, request: web.BaseRequest,
-                  upstream: UpstreamRequest) -> web.StreamResponse:
-    """Send the request upstream and stream the answer back; raise RequestRefused on failure."""
+async def forward(pool: UpstreamPool, exchange: Exchange, upstream: UpstreamRequest) -> None:
+    """Send the request upstream and its answer back; raise RequestRefused when no answer has
+    started yet, else cut the client's connection."""
     route = upstream.route
-    body: bytes | AsyncIterator[bytes] | None = upstream.body
-    if body is None and request.body_exists:
-        body = _body_from(request)
-        if request.headers.get("Expect", "").lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    try:
-        upstream_response = await pool.session.request(
-            upstream.method, upstream.url, headers=upstream.headers, data=body,
-            allow_redirects=False, timeout=upstream.timeout, proxy=None,
-        )
-    except RequestRefused:
-        raise
-    except Exception as exc:
-        raise _translate(exc, route) from exc
+    streamed = upstream.body is None and exchange.body_exists
+    if upstream.body is not None:
+        framing = f"Content-Length: {len(upstream.body)}\r\n"
+        payload = request_head(upstream, framing) + upstream.body
+    elif streamed:
+        framing = (f"Content-Length: {exchange.content_length}\r\n"
+                   if exchange.content_length is not None else "Transfer-Encoding: chunked\r\n")
+        payload = request_head(upstream, framing)
+    else:
+        payload = request_head(
+            upstream, "Content-Length: 0\r\n" if exchange.content_length == 0 else "")
 
-    async with upstream_response:
-        response = web.StreamResponse(
-            status=upstream_response.status,
-            reason=upstream_response.reason,
-            headers=client_response_headers(upstream_response.headers, upstream.request_id),
-        )
-        if request.method == "HEAD" or upstream_response.status in _NO_BODY_STATUSES:
-            return await _send_whole(request, response, b"")
-        length = upstream_response.content_length
-        if length is not None and length <= SMALL_BODY:
-            # Small and of known size: read it whole first. Nothing has gone to the client yet,
-            # so an upstream failing mid-body still gets a clean 502, and head and body leave
-            # in one write instead of a loop of them.
-            try:
-                data = await upstream_response.read()
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                raise _translate(exc, route) from exc
-            return await _send_whole(request, response, data)
-        await response.prepare(request)
+    for attempt in (1, 2):
+        conn = await _acquire(pool, upstream)
+        conn.begin(head_request=upstream.method == "HEAD")
+        sender: asyncio.Task[None] | None = None
         try:
-            async for chunk in upstream_response.content.iter_any():
-                await response.write(chunk)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # Headers are already out, so no error response is possible: cut the connection so
-            # the client sees a truncated body rather than a complete-looking wrong one.
-            log.warning("upstream %s failed mid-body: %r", route.name, exc)
-            _abort(request)
-            return response
-        except ConnectionError:
-            _abort(request)  # the client went away mid-download; the upstream is released
-            return response
-        await response.write_eof()
-        return response
+            conn.send(payload)
+            if streamed:
+                sender = asyncio.get_running_loop().create_task(
+                    _send_body(conn, exchange, chunked=exchange.content_length is None))
+            else:
+                conn.request_sent = True
+            try:
+                await conn.read_head(route.timeout)
+            except UpstreamStale:
+                if attempt == 1 and not streamed and upstream.method in IDEMPOTENT:
+                    continue  # the pool's connection had gone stale: once more, fresh
+                raise
+            await _answer(conn, exchange, upstream)
+            return
+        except UpstreamError as exc:
+            if sender is not None and sender.done() and not sender.cancelled() \
+                    and isinstance(sender.exception(), ClientGone):
+                raise RequestRefused("bad_request",
+                                     "the request body was cut off or malformed") from None
+            raise _translate(exc, route) from None
+        finally:
+            if sender is not None and not sender.done():
+                sender.cancel()
+            pool.release(conn)
 
 
-async def _send_whole(request: web.BaseRequest, response: web.StreamResponse,
-                      data: bytes) -> web.StreamResponse:
+async def _acquire(pool: UpstreamPool, upstream: UpstreamRequest) -> UpstreamConnection:
     try:
-        await response.prepare(request)
-        await response.write_eof(data)
+        return await pool.acquire(upstream.origin, upstream.route.connect_timeout)
+    except UpstreamError as exc:
+        raise _translate(exc, upstream.route) from None
+
+
+async def _send_body(conn: UpstreamConnection, exchange: Exchange, chunked: bool) -> None:
+    # Bounded both ways: the client's socket pauses while the body waits unread, and this
+    # loop waits for the upstream to drain before reading more.
+    content = exchange.content
+    try:
+        while chunk := await content.readany():
+            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await conn.drain()
+        if chunked:
+            conn.send(b"0\r\n\r\n")
+        conn.request_sent = True
+    except ClientGone:
+        conn.close()  # the upstream must not take a cut body for a whole one
+        raise
+    except UpstreamError:
+        pass  # the reader side reports it
+
+
+async def _answer(conn: UpstreamConnection, exchange: Exchange,
+                  upstream: UpstreamRequest) -> None:
+    status, reason = conn.status, conn.reason or b"-"
+    head_only = upstream.method == "HEAD" or status in (204, 304)
+    headers = client_response_pairs(conn.headers, upstream.request_id, keep_length=head_only)
+    if head_only:
+        exchange.send_whole(status, reason, headers, b"", head_only=True)
+        return
+    length = _content_length(conn.headers)
+    if conn.complete or (length is not None and length <= SMALL_BODY):
+        # Small, or already all here: read it whole first. Nothing has gone to the client yet,
+        # so an upstream failing mid-body still gets a clean 502 (or 504: the head's timeout
+        # bounds this read too), and head and body leave in one write.
+        exchange.send_whole(status, reason, headers, await conn.read_whole())
+        return
+    chunked = exchange.send_head(status, reason, headers, length)
+    try:
+        while chunk := await conn.read_chunk(upstream.route.timeout):
+            await exchange.send_body(chunk, chunked)
+    except UpstreamError as exc:
+        # The head is out, so no error answer is possible: cut the connection so the client
+        # sees a truncated body rather than a complete-looking wrong one.
+        log.warning("upstream %s failed mid-body: %s", upstream.route.name, exc)
+        exchange.abort()
+        return
     except ConnectionError:
-        _abort(request)  # the client went away before its answer; nothing more to do
-    return response
+        conn.close()  # the client went away mid-download: stop the upstream's transfer
+        return
+    exchange.end_body(chunked)
 
 
-def _abort(request: web.BaseRequest) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == b"content-length":
+            return int(value)  # llhttp has already checked it is one plain number
+    return None
 
 
-def _translate(exc: BaseException, route: RouteConfig) -> RequestRefused:
-    """Map an aiohttp client failure to a SPEC §5 refusal."""
-    if isinstance(exc, _ClientGone) or isinstance(exc.__cause__, _ClientGone):
-        # Nobody is left to read this answer; the code only reaches the logs.
-        return RequestRefused("bad_request", "the client closed the connection mid-request")
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+def _translate(exc: UpstreamError, route: RouteConfig) -> RequestRefused:
+    if isinstance(exc, UpstreamTimeout):
         return RequestRefused("upstream_timeout",
                               f"upstream {route.name!r} did not answer in time")
     return RequestRefused("upstream_unavailable", f"upstream {route.name!r} is unavailable")

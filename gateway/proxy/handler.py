@@ -1,7 +1,7 @@
 """The proxy listener's request handler: target -> route -> forward, errors answered as JSON.
 
-It runs on aiohttp's low-level server (no router, no middleware chain): the gateway does its own
-routing, and every layer skipped is time saved on each proxied request.
+It runs on the gateway's own listener (gateway.proxy.listener): no router, no middleware chain,
+and every layer skipped is time saved on each proxied request.
 """
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
-
-import aiohttp
-from aiohttp import web
-from yarl import URL
+from urllib.parse import urlsplit
 
 from gateway.auth.authenticator import Authenticator
 from gateway.config import Config
@@ -26,14 +23,31 @@ from gateway.observability.metrics import (
     UPSTREAM_DURATION,
     method_label,
 )
-from gateway.proxy.forward import UpstreamPool, UpstreamRequest, forward
+from gateway.proxy.forward import UpstreamRequest, forward
 from gateway.proxy.headers import is_trusted, request_id_from, upstream_request_headers
-from gateway.proxy.responses import error_response
-from gateway.proxy.routing import RouteTable, parse_target, upstream_origin
+from gateway.proxy.listener import Exchange
+from gateway.proxy.routing import RouteTable, parse_target
+from gateway.proxy.upstream import Origin, UpstreamPool
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499
 MAX_SERIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAddress:
+    origin: Origin
+    host: str  # the Host header value
+
+
+def upstream_address(upstream: str) -> UpstreamAddress:
+    parts = urlsplit(upstream)
+    tls = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if tls else 80)
+    shown = f"[{host}]" if ":" in host else host
+    return UpstreamAddress(origin=(host, port, tls),
+                           host=shown if parts.port is None else f"{shown}:{port}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +60,12 @@ class ProxyState:
 
     config: Config
     routes: RouteTable
-    origins: dict[str, str]
-    timeouts: dict[str, aiohttp.ClientTimeout]
+    upstreams: dict[str, UpstreamAddress]
 
     @classmethod
     def from_config(cls, config: Config) -> ProxyState:
         return cls(config=config, routes=RouteTable(config.routes),
-                   origins={r.name: upstream_origin(r.upstream) for r in config.routes},
-                   timeouts={r.name: aiohttp.ClientTimeout(total=None,
-                                                           connect=r.connect_timeout,
-                                                           sock_read=r.timeout)
-                             for r in config.routes})
+                   upstreams={r.name: upstream_address(r.upstream) for r in config.routes})
 
 
 class ProxyHandler:
@@ -75,64 +84,65 @@ class ProxyHandler:
         self.authenticator.cache.config = config.keys
         self.access_log.enabled = config.log.access_log
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, exchange: Exchange) -> None:
         state = self.state
         started = time.perf_counter()
         IN_FLIGHT.inc()
-        request_id = request_id_from(request.headers.get("X-Request-Id"))
+        request_id = request_id_from(exchange.headers.get("X-Request-Id"))
         route_name = "-"
         identity: dict[str, str] | None = None
         outcome = "ok"
         upstream_seconds: float | None = None
-        response: web.StreamResponse | None = None
         try:
             try:
-                target = parse_target(request.raw_path)
+                target = parse_target(exchange.raw_path)
                 match = state.routes.match(target)
                 route = match.route
                 route_name = route.name
                 body = None
                 if not route.public:
-                    authenticated = await self.authenticator.authenticate(request, route)
+                    authenticated = await self.authenticator.authenticate(exchange, route)
                     identity, body = authenticated.identity, authenticated.body
-                peer = request.remote
+                peer = exchange.remote
                 trusted = state.config.listen.trusted_proxies
                 headers = upstream_request_headers(
-                    request.headers,
+                    exchange.headers,
                     peer=peer,
                     trusted_peer=bool(trusted) and is_trusted(peer, trusted),
-                    scheme=request.scheme,
+                    scheme=exchange.scheme,
                     request_id=request_id,
                     identity=identity,
                 )
-                url_text = state.origins[route.name] + match.upstream_path
+                address = state.upstreams[route.name]
+                target_text = match.upstream_path
                 if target.query:
-                    url_text += "?" + target.query
-                upstream = UpstreamRequest(route=route, method=request.method,
-                                           url=URL(url_text, encoded=True), headers=headers,
-                                           request_id=request_id,
-                                           timeout=state.timeouts[route.name], body=body)
+                    target_text += "?" + target.query
+                upstream = UpstreamRequest(route=route, origin=address.origin,
+                                           host=address.host, method=exchange.method,
+                                           target=target_text, headers=headers,
+                                           request_id=request_id, body=body)
                 upstream_started = time.perf_counter()
+                exchange.forwarding = True
                 try:
-                    response = await forward(self.pool, request, upstream)
+                    await forward(self.pool, exchange, upstream)
                 finally:
+                    exchange.forwarding = False
                     upstream_seconds = time.perf_counter() - upstream_started
             except RequestRefused as refused:
                 outcome = refused.code
-                response = error_response(refused, request_id)
-            return response
+                if not exchange.started:
+                    exchange.send_error(refused, request_id)
         finally:
             IN_FLIGHT.dec()
-            self._account(request, request_id, route_name, response, outcome, identity,
+            self._account(exchange, request_id, route_name, outcome, identity,
                           time.perf_counter() - started, upstream_seconds)
 
-    def _account(self, request: web.BaseRequest, request_id: str, route_name: str,
-                 response: web.StreamResponse | None, outcome: str,
+    def _account(self, request: Exchange, request_id: str, route_name: str, outcome: str,
                  identity: dict[str, str] | None, seconds: float,
                  upstream_seconds: float | None) -> None:
         # 499, as nginx says it: the client went away before it could be answered.
-        status = response.status if response is not None else CLIENT_CLOSED
-        if response is None:
+        status = request.status if request.started else CLIENT_CLOSED
+        if not request.started:
             outcome = "client_closed"
         counters = self._series.get((route_name, request.method, status))
         if counters is None:
@@ -149,12 +159,7 @@ class ProxyHandler:
             counters[2].observe(upstream_seconds)
         if not self.access_log.enabled:
             return
-        if response is None:
-            sent = 0
-        elif response.prepared:
-            sent = response.body_length
-        else:
-            sent = len(getattr(response, "body", b"") or b"")
+        sent = request.bytes_sent
         identity = identity or {}
         self.access_log.write({
             "request_id": request_id,
@@ -166,7 +171,7 @@ class ProxyHandler:
             "upstream_ms": round(upstream_seconds * 1000, 3)
             if upstream_seconds is not None else None,
             "bytes_sent": sent,
-            "bytes_received": request.content_length,
+            "bytes_received": request.content.received,
             "client": request.remote,
             "auth_method": identity.get("X-Auth-Method"),
             "key_id": identity.get("X-Auth-Key-Id"),

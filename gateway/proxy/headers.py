@@ -90,14 +90,27 @@ def upstream_request_headers(
     return out
 
 
-def client_response_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
-    """Headers to send back to the client from an upstream response."""
-    drop = HOP_BY_HOP
-    if "Connection" in incoming:
-        drop = drop | connection_tokens(incoming)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        if name.lower() not in drop:
-            out.add(name, value)
-    out["X-Request-Id"] = request_id
+_HOP_BY_HOP_BYTES = frozenset(name.encode("ascii") for name in HOP_BY_HOP)
+_LENGTH = b"content-length"
+_REQUEST_ID = b"x-request-id"  # the gateway's own goes back, never the upstream's
+
+
+def client_response_pairs(incoming: list[tuple[bytes, bytes]], request_id: str, *,
+                          keep_length: bool = False) -> list[tuple[bytes, bytes]]:
+    """Headers to send back to the client from an upstream answer, as raw name/value pairs
+    (the framing is the listener's: Content-Length is kept only when `keep_length`, for
+    answers that state a length without a body)."""
+    drop = _HOP_BY_HOP_BYTES
+    out: list[tuple[bytes, bytes]] = []
+    tokens: set[bytes] = set()
+    for name, value in incoming:
+        lower = name.lower()
+        if lower == b"connection":
+            tokens.update(token.strip().lower() for token in value.split(b","))
+        if lower in drop or lower == _REQUEST_ID or (lower == _LENGTH and not keep_length):
+            continue
+        out.append((name, value))
+    if tokens:
+        out = [(name, value) for name, value in out if name.lower() not in tokens]
+    out.append((b"X-Request-Id", request_id.encode("ascii")))
     return out

@@ -1,31 +1,30 @@
-"""The one place where a refused request becomes an HTTP response (SPEC §5)."""
+"""The one place where a refused request becomes an HTTP answer (SPEC §5)."""
 
 from __future__ import annotations
 
 import orjson
-from aiohttp import web
 
 from gateway.errors import RequestRefused
 
 # SPEC §5: every 401 names both credential schemes the gateway accepts.
-WWW_AUTHENTICATE = 'Api-Key realm="gateway", Signature realm="gateway", alg="hmac-sha256"'
+WWW_AUTHENTICATE = b'Api-Key realm="gateway", Signature realm="gateway", alg="hmac-sha256"'
 RETRY_AFTER_STORE = "1"
+_JSON = (b"Content-Type", b"application/json")
+_NO_STORE = (b"Cache-Control", b"no-store")
 
 
 def error_body(code: str, message: str, request_id: str) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message, "request_id": request_id}})
 
 
-def error_response(exc: RequestRefused, request_id: str) -> web.Response:
-    headers = {"X-Request-Id": request_id, "Cache-Control": "no-store"}
+def error_reply(exc: RequestRefused,
+                request_id: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of the gateway's own answer to a refused request."""
+    headers = [_JSON, _NO_STORE, (b"X-Request-Id", request_id.encode("ascii"))]
     if exc.status == 401:
-        headers["WWW-Authenticate"] = WWW_AUTHENTICATE
-    elif exc.code == "key_store_unavailable":
-        headers["Retry-After"] = RETRY_AFTER_STORE
-    headers.update(exc.headers)
-    return web.Response(
-        status=exc.status,
-        body=error_body(exc.code, exc.message, request_id),
-        content_type="application/json",
-        headers=headers,
-    )
+        headers.append((b"WWW-Authenticate", WWW_AUTHENTICATE))
+    elif exc.code == "key_store_unavailable" and "Retry-After" not in exc.headers:
+        headers.append((b"Retry-After", RETRY_AFTER_STORE.encode("ascii")))
+    headers.extend((name.encode("latin-1"), value.encode("latin-1"))
+                   for name, value in exc.headers.items())
+    return exc.status, headers, error_body(exc.code, exc.message, request_id)

@@ -1,0 +1,597 @@
+"""The proxy listener: HTTP/1.1 on asyncio, parsed by httptools (llhttp), one Exchange per request.
+
+Why not aiohttp's server here: on a proxy every layer of a general web server (request objects,
+response preparation, header maps built and serialised again) costs more than the gateway's own
+work, and its parser answers malformed requests with text of its own. This listener keeps only
+what a proxy needs: strict parsing, limits, keep-alive, pipelining, backpressure both ways, and
+every refusal answered in the gateway's JSON (SPEC §5).
+
+The protocol object owns the socket; the handler owns one request at a time through an Exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.errors import ClientGone, RequestRefused
+from gateway.proxy.responses import error_reply
+
+log = logging.getLogger(__name__)
+
+MAX_TARGET = 8190  # bytes in the request target; past it, 414
+MAX_FIELD = 8190  # bytes in one header line; past it, 431
+MAX_FIELDS = 100
+MAX_HEAD = 2**16  # bytes in the whole request head
+BODY_HIGH_WATER = 2**18  # unread request body bytes before the client's socket is paused
+KEEPALIVE_TIMEOUT = 75.0  # an idle keep-alive connection is closed after this
+HEAD_TIMEOUT = 30.0  # a request head must arrive whole within this (slow-loris bound)
+SWEEP_INTERVAL = 1.0
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+Handler = Callable[["Exchange"], Awaitable[None]]
+
+
+class _Refusal(Exception):
+    """Raised inside parser callbacks; carries the answer."""
+
+    def __init__(self, refused: RequestRefused) -> None:
+        self.refused = refused
+
+
+class Body:
+    """A request body as it arrives, for one reader. The client's socket is paused while too
+    much waits unread, so a large upload never sits in memory."""
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_continue",
+        "_eof",
+        "_error",
+        "_size",
+        "_waiter",
+        "received",
+    )
+
+    def __init__(self, conn: ProxyConnection, expect_continue: bool) -> None:
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._eof = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._continue = expect_continue
+        self.received = 0
+
+    @property
+    def complete(self) -> bool:
+        return self._eof
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        self.received += len(data)
+        if self._size > BODY_HIGH_WATER:
+            self._conn.pause_for_body(True)
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._continue = False
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        if not self._eof:
+            self._error = exc
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def readany(self) -> bytes:
+        """The next piece of the body; b"" at its end. Raises ClientGone."""
+        while not self._chunks:
+            if self._eof:
+                return b""
+            if self._error is not None:
+                raise ClientGone(str(self._error)) from self._error
+            if self._continue:
+                # Asked for only now that someone reads the body: a refused request never
+                # invites the client to send it.
+                self._continue = False
+                self._conn.write(CONTINUE)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        chunk = self._chunks.popleft()
+        self._size -= len(chunk)
+        if self._size <= BODY_HIGH_WATER // 2:
+            self._conn.pause_for_body(False)
+        return chunk
+
+
+class Exchange:
+    """One request and the way to answer it. The request side reads like aiohttp's request
+    (method, raw_path, headers, content...) so the auth code does not care which server runs."""
+
+    __slots__ = (
+        "_conn",
+        "body_exists",
+        "bytes_sent",
+        "content",
+        "content_length",
+        "finished",
+        "forwarding",
+        "headers",
+        "keep_alive",
+        "method",
+        "raw_path",
+        "remote",
+        "scheme",
+        "started",
+        "status",
+        "version",
+    )
+
+    def __init__(self, conn: ProxyConnection, method: str, raw_path: str,
+                 headers: CIMultiDictProxy[str], version: str, keep_alive: bool,
+                 content_length: int | None, body_exists: bool, expect_continue: bool) -> None:
+        self._conn = conn
+        self.method = method
+        self.raw_path = raw_path
+        self.headers = headers
+        self.version = version
+        self.keep_alive = keep_alive
+        self.remote = conn.remote
+        self.scheme = "http"
+        self.content_length = content_length
+        self.body_exists = body_exists
+        self.content = Body(conn, expect_continue and body_exists)
+        if not body_exists:
+            self.content.feed_eof()
+        self.status = 0  # of the answer, once it has started
+        self.bytes_sent = 0  # body bytes of the answer
+        self.started = False
+        self.finished = False
+        self.forwarding = False  # a lost client then cancels the work (and the upstream call)
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def _head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+              framing: bytes) -> bytes:
+        if not self.content.complete:
+            self.keep_alive = False  # the unread rest of the body would be read as a request
+        if not self._conn.accepting:
+            self.keep_alive = False
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        parts.extend([b"%s: %s\r\n" % pair for pair in headers])
+        parts.append(framing)
+        if not self.keep_alive:
+            parts.append(b"Connection: close\r\n\r\n")
+        elif self.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def send_whole(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                   body: bytes, *, head_only: bool = False) -> None:
+        """Head and body in one write. `head_only` (HEAD, 204, 304): the length is stated and
+        no body follows."""
+        if self.started:
+            raise RuntimeError("answer already started")
+        self.started = True
+        self.finished = True
+        self.status = status
+        if status in (204, 304) or 100 <= status < 200:
+            framing = b""
+        else:
+            framing = b"Content-Length: %d\r\n" % len(body)
+        head = self._head(status, reason, headers, framing)
+        if head_only or not body:
+            self._conn.write(head)
+        else:
+            self.bytes_sent = len(body)
+            self._conn.write(head + body)
+
+    def send_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                  length: int | None) -> bool:
+        """Start a streamed answer; the return says whether the body goes chunked."""
+        if self.started:
+            raise RuntimeError("answer already started")
+        self.started = True
+        self.status = status
+        if length is not None:
+            chunked = False
+            framing = b"Content-Length: %d\r\n" % length
+        elif self.version == "1.1":
+            chunked = True
+            framing = b"Transfer-Encoding: chunked\r\n"
+        else:
+            chunked = False  # HTTP/1.0: the end of the body is the end of the connection
+            self.keep_alive = False
+            framing = b""
+        self._conn.write(self._head(status, reason, headers, framing))
+        return chunked
+
+    async def send_body(self, data: bytes, chunked: bool) -> None:
+        if not data:
+            return
+        self.bytes_sent += len(data)
+        self._conn.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+        await self._conn.drain()
+
+    def end_body(self, chunked: bool) -> None:
+        self.finished = True
+        if chunked:
+            self._conn.write(b"0\r\n\r\n")
+
+    def send_error(self, refused: RequestRefused, request_id: str) -> None:
+        status, headers, body = error_reply(refused, request_id)
+        self.send_whole(status, _REASONS.get(status, b"Error"), headers, body)
+
+    def abort(self) -> None:
+        """Cut the connection: a client must see a truncated answer, not a wrong whole one."""
+        self.keep_alive = False
+        self._conn.abort()
+
+
+_REASONS = {
+    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+    408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
+    429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+class ProxyConnection(asyncio.Protocol):
+    """One client connection: parses requests, runs them one at a time, in order."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.remote: str | None = None
+        self.accepting = True  # False once the server drains: answers then say close
+        self.deadline: float | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._url: list[bytes] = []
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._in_head = False
+        self._receiving: Exchange | None = None  # whose body the parser is reading
+        self._pipeline: deque[Exchange] = deque()  # parsed, waiting their turn
+        self._current: Exchange | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pending_error: RequestRefused | None = None
+        self._closing = False
+        self._lost = False
+        self._paused_body = False
+        self._paused_pipeline = False
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) else None
+        self.server.connections.add(self)
+        self.deadline = self.server.now() + KEEPALIVE_TIMEOUT
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.server.forget(self)
+        gone = ConnectionResetError("the client closed the connection")
+        for exchange in (self._current, *self._pipeline):
+            if exchange is not None:
+                exchange.content.fail(gone)
+        self._pipeline.clear()
+        if self._current is not None and self._current.forwarding and self._task is not None:
+            self._task.cancel()  # nobody is left to answer: stop the upstream work too
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(gone)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._upgraded()
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Refusal):
+                self._protocol_error(cause.refused)
+            else:
+                log.error("request parsing failed", exc_info=cause or exc)
+                self._protocol_error(RequestRefused("bad_request", "malformed HTTP request"))
+        except httptools.HttpParserError as exc:
+            # Bytes after a request that closes the connection are ignored, never parsed.
+            if not self._closing:
+                self._protocol_error(RequestRefused("bad_request",
+                                                    f"malformed HTTP request: {exc}"))
+        self._next()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- parser callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = []
+        self._raw_headers = []
+        self._head_size = 0
+        self._in_head = True
+        self.deadline = self.server.now() + HEAD_TIMEOUT
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        if self._head_size > MAX_TARGET:
+            raise _Refusal(RequestRefused("uri_too_long",
+                                          f"the request target is over {MAX_TARGET} bytes"))
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value) + 2  # the line as sent: "name: value"
+        self._head_size += size
+        if size > MAX_FIELD or len(self._raw_headers) >= MAX_FIELDS \
+                or self._head_size > MAX_HEAD:
+            raise _Refusal(RequestRefused(
+                "headers_too_large",
+                f"request headers are limited to {MAX_FIELDS} fields of {MAX_FIELD} bytes "
+                f"and {MAX_HEAD} bytes in all"))
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        headers = CIMultiDict([(n.decode("latin-1"), v.decode("latin-1"))
+                               for n, v in self._raw_headers])
+        version = parser.get_http_version()
+        hosts = headers.getall("Host", ())
+        if len(hosts) > 1 or (not hosts and version == "1.1"):
+            raise _Refusal(RequestRefused("bad_request",
+                                          "an HTTP/1.1 request needs exactly one Host header"))
+        length_text = headers.get("Content-Length")
+        content_length = int(length_text) if length_text is not None else None
+        chunked = "Transfer-Encoding" in headers  # llhttp accepts only a final `chunked`
+        exchange = Exchange(
+            self, parser.get_method().decode("ascii"), b"".join(self._url).decode("ascii"),
+            CIMultiDictProxy(headers), version, parser.should_keep_alive(),
+            content_length, chunked or bool(content_length),
+            headers.get("Expect", "").lower() == "100-continue")
+        self.deadline = None
+        self._in_head = False
+        self._receiving = exchange
+        self._pipeline.append(exchange)
+        if self._current is not None or len(self._pipeline) > 1:
+            self._paused_pipeline = True  # one request ahead is enough; the socket waits
+            self._update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if self._receiving is not None:
+            self._receiving.content.feed(body)
+
+    def on_message_complete(self) -> None:
+        receiving = self._receiving
+        if receiving is not None:
+            receiving.content.feed_eof()
+            self._receiving = None
+            if not receiving.keep_alive:
+                # RFC 9112 §9.6: nothing after a request that closes the connection is read.
+                self._closing = True
+                self._paused_pipeline = True
+                self._update_reading()
+
+    # -- running exchanges ---------------------------------------------------------------------
+
+    def _next(self) -> None:
+        if self._current is not None or not self._pipeline or self._lost:
+            return
+        exchange = self._current = self._pipeline.popleft()
+        self._task = asyncio.get_running_loop().create_task(self._run(exchange))
+
+    async def _run(self, exchange: Exchange) -> None:
+        try:
+            await self.server.handler(exchange)
+        except asyncio.CancelledError:
+            pass  # the client went away (see connection_lost); the handler has accounted
+        except Exception:
+            log.exception("unhandled error answering %s %s", exchange.method,
+                          exchange.raw_path.partition("?")[0])
+            if not exchange.started and not self._lost:
+                exchange.send_error(RequestRefused("internal_error", "internal error"), "-")
+            exchange.keep_alive = False
+        finally:
+            self._done(exchange)
+
+    def _done(self, exchange: Exchange) -> None:
+        self._current = None
+        self._task = None
+        if self._lost:
+            return
+        if not exchange.finished or not exchange.keep_alive or not self.accepting:
+            self._close()
+            return
+        if self._pending_error is not None:
+            self._reply_and_close(self._pending_error)
+            return
+        if self._pipeline:
+            self._next()
+        else:
+            self.deadline = self.server.now() + KEEPALIVE_TIMEOUT
+        if self._paused_pipeline and len(self._pipeline) <= 1:
+            self._paused_pipeline = False
+            self._update_reading()
+
+    def _protocol_error(self, refused: RequestRefused) -> None:
+        """The parser refused the stream: nothing after this point is trusted as a request."""
+        self._closing = True
+        self._set_reading(False)
+        receiving = self._receiving
+        # Requests parsed but not started are dropped; only the one running may answer.
+        self._pipeline.clear()
+        if self._current is None:
+            self._reply_and_close(refused)
+        elif receiving is self._current:
+            receiving.content.fail(ConnectionAbortedError(refused.message))
+            receiving.keep_alive = False
+        else:
+            self._pending_error = refused
+
+    def _upgraded(self) -> None:
+        # Protocol upgrades are not proxied: the request is answered as a plain one (the
+        # Upgrade header is hop-by-hop and never forwarded), then the connection closes.
+        self._closing = True
+        self._set_reading(False)
+        receiving = self._receiving
+        if receiving is not None:
+            receiving.keep_alive = False
+            receiving.content.feed_eof()
+            self._receiving = None
+
+    def _reply_and_close(self, refused: RequestRefused) -> None:
+        if self._lost:
+            return
+        status, headers, body = error_reply(refused, "-")
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error"))]
+        head.extend(b"%s: %s\r\n" % pair for pair in headers)
+        head.append(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+        self.write(b"".join(head) + body)
+        self._close()
+
+    # -- I/O helpers ---------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._lost:
+            raise ConnectionResetError("the client closed the connection")
+        if self._write_paused:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def pause_for_body(self, paused: bool) -> None:
+        if paused != self._paused_body:
+            self._paused_body = paused
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        self._set_reading(not (self._paused_body or self._paused_pipeline or self._closing))
+
+    def _set_reading(self, reading: bool) -> None:
+        if self.transport is None or self._lost or reading != self._reading_paused:
+            return
+        self._reading_paused = not reading
+        if reading:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
+    def _close(self) -> None:
+        self._closing = True
+        self.deadline = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def timed_out(self) -> None:
+        """Called by the server's sweep once `deadline` has passed."""
+        self.deadline = None
+        if self._in_head:
+            self._reply_and_close(RequestRefused(
+                "request_timeout", f"the request head did not arrive within {HEAD_TIMEOUT:g}s"))
+        elif self._current is None:
+            self._close()  # an idle keep-alive connection
+
+    def stop_accepting(self) -> None:
+        """Draining: idle connections close now, busy ones after their answer."""
+        self.accepting = False
+        if self._current is None and not self._pipeline:
+            self._close()
+
+
+class ProxyServer:
+    """The listening socket, its connections, and a graceful stop."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections: set[ProxyConnection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._emptied: asyncio.Event | None = None  # set while draining, once none are left
+        self._loop = asyncio.get_running_loop()
+
+    def forget(self, conn: ProxyConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._emptied is not None:
+            self._emptied.set()
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        self._server = await self._loop.create_server(
+            lambda: ProxyConnection(self), host, port, reuse_port=reuse_port or None,
+            backlog=2048)
+        self._sweeper = self._loop.create_task(self._sweep())
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _sweep(self) -> None:
+        # One timer for all connections instead of one per request: the per-request cost of
+        # a deadline is then one float assignment.
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = self.now()
+            for conn in [c for c in self.connections if c.deadline is not None
+                         and c.deadline <= now]:
+                conn.timed_out()
+
+    async def close(self, drain_timeout: float) -> None:
+        """Stop accepting, let requests in flight finish within `drain_timeout`, then cut."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.stop_accepting()
+        if self.connections:
+            self._emptied = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._emptied.wait(), drain_timeout)
+            except TimeoutError:
+                log.warning("%d connection(s) still busy after the drain timeout; cut",
+                            len(self.connections))
+        for conn in list(self.connections):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await asyncio.sleep(0)  # let connection_lost callbacks run
+
