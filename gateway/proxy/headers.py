@@ -74,6 +74,10 @@ def upstream_request_headers(
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
+        if "_" in lower:
+            # CGI-style upstreams read `X_Auth_Key_Id` as `X-Auth-Key-Id`: a look-alike of a
+            # header the gateway removes or sets goes too (nginx drops every such name).
+            lower = lower.replace("_", "-")
         if lower in drop or lower.startswith("x-auth-"):
             continue
         out.add(name, value)

@@ -368,6 +368,8 @@ class ProxyConnection(asyncio.Protocol):
         headers = CIMultiDict([(n.decode("latin-1"), v.decode("latin-1"))
                                for n, v in self._raw_headers])
         version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise _Refusal(RequestRefused("bad_request", "only HTTP/1.0 and HTTP/1.1 are served"))
         hosts = headers.getall("Host", ())
         if len(hosts) > 1 or (not hosts and version == "1.1"):
             raise _Refusal(RequestRefused("bad_request",

@@ -119,6 +119,9 @@ def test_request_id_fresh_ids_differ() -> None:
         "x-auth-account-id", "X-AUTH-KEY-ID", "x-Auth-Whatever", "X-Auth-", "X-Auth-Is-Admin",
         # Rewritten by the gateway.
         "Host", "host", "Expect", "Forwarded", "forwarded",
+        # Underscore look-alikes, which CGI-style upstreams read as the dashed names.
+        "X_Auth_Key_Id", "x_auth-account_id", "X_Forwarded_For", "X_Request_Id",
+        "Proxy_Authorization",
     ],
 )
 def test_upstream_headers_removed(name: str) -> None:
@@ -166,6 +169,12 @@ def test_upstream_headers_connection_naming_nothing_else_keeps_others() -> None:
                     ("X-Custom", "kept"))
     assert out["X-Custom"] == "kept"
     assert "Keep-Alive" not in out
+
+
+def test_upstream_headers_other_underscore_names_pass() -> None:
+    out = _upstream(("X_Custom_Thing", "kept"), ("My_Header", "also"))
+    assert out["X_Custom_Thing"] == "kept"
+    assert out["My_Header"] == "also"
 
 
 # ---------------------------------------------------------------------------------------------
