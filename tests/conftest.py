@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -13,7 +14,7 @@ import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.config import Config, build_config
+from gateway.config import BruteForceConfig, Config, build_config
 from gateway.demo import create_demo_app
 from gateway.keys.model import Account, KeyRecord
 from gateway.keys.service import KeyService
@@ -110,11 +111,17 @@ async def serve_app() -> AsyncIterator[Callable[[web.Application], Awaitable[Tes
         await server.close()
 
 
+# Tests send many failing authentications from 127.0.0.1 to one gateway: brute-force
+# protection is set out of their way unless a test sets `brute_force` itself.
+TEST_BRUTE_FORCE = {"max_failures": 1_000_000}
+
+
 def make_config(redis_url: str, routes: list[dict[str, Any]], **sections: Any) -> Config:
     data: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": 0},
         "admin": {"host": "127.0.0.1", "port": 0},
         "redis": {"url": redis_url, "timeout": "0.5s"},
+        "brute_force": TEST_BRUTE_FORCE,
         "routes": routes,
     }
     data.update(sections)
@@ -134,6 +141,11 @@ async def start_gateway() -> AsyncIterator[Callable[[Config], Awaitable[GatewayU
     async with AsyncExitStack() as stack:
 
         async def start(config: Config, subscribed: bool = True) -> GatewayUnderTest:
+            if config.brute_force == BruteForceConfig():
+                # Built without a `brute_force` section (or with exactly the defaults): out of
+                # the way, as in make_config. A test of throttling sets other values.
+                config = replace(config, brute_force=BruteForceConfig(
+                    max_failures=TEST_BRUTE_FORCE["max_failures"]))
             running = await stack.enter_async_context(serve(config))
             if subscribed:
                 # Lookups that race the first subscription are not cached (the subscription

@@ -167,6 +167,10 @@ def test_build_config_defaults_from_empty_document() -> None:
         assert config.keys.last_used_flush == 1.0
         assert config.hmac.clock_skew == 300.0
         assert config.hmac.max_body_bytes == 10 * 1024 * 1024
+        # Brute-force protection is on unless turned off.
+        assert (config.brute_force.max_failures, config.brute_force.window,
+                config.brute_force.block_for) == (30, 60.0, 60.0)
+        assert config.brute_force.enabled
         assert config.routes == ()
         assert config.data_dir == Path(".gateway")
         assert config.master_key is None
@@ -221,6 +225,14 @@ def test_build_config_spec_example() -> None:
         ({"hmac": {"max_body_bytes": "1KiB"}}, lambda c: c.hmac.max_body_bytes, 1024),
         ({"hmac": {"max_body_bytes": 100}}, lambda c: c.hmac.max_body_bytes, 100),
         ({"data_dir": "/var/lib/gateway"}, lambda c: c.data_dir, Path("/var/lib/gateway")),
+        ({"brute_force": {"max_failures": 5}}, lambda c: c.brute_force.max_failures, 5),
+        ({"brute_force": {"max_failures": 0}}, lambda c: c.brute_force.enabled, False),
+        ({"brute_force": {"max_failures": 1}}, lambda c: c.brute_force.enabled, True),
+        ({"brute_force": {"window": "10m"}}, lambda c: c.brute_force.window, 600.0),
+        ({"brute_force": {"block_for": "1h"}}, lambda c: c.brute_force.block_for, 3600.0),
+        ({"brute_force": {"block_for": 90}}, lambda c: c.brute_force.block_for, 90.0),
+        ({"brute_force": {"window": "30s"}}, lambda c: c.brute_force.max_failures, 30),
+        ({"brute_force": None}, lambda c: c.brute_force.enabled, True),
         # A section given as null keeps its defaults.
         ({"listen": None}, lambda c: c.listen.port, 8080),
     ],
@@ -405,6 +417,16 @@ def _route(**overrides: Any) -> dict[str, Any]:
         ({"hmac": {"clock_skew": 0}}, "hmac.clock_skew", "greater than zero"),
         ({"hmac": {"max_body_bytes": "10 megs"}}, "hmac.max_body_bytes", "size"),
         ({"data_dir": 5}, "data_dir", "string"),
+        ({"brute_force": {"limit": 5}}, "brute_force.limit", "unknown"),
+        ({"brute_force": "on"}, "brute_force", "mapping"),
+        ({"brute_force": {"max_failures": -1}}, "brute_force.max_failures", "whole number"),
+        ({"brute_force": {"max_failures": 2.5}}, "brute_force.max_failures", "whole number"),
+        ({"brute_force": {"max_failures": "30"}}, "brute_force.max_failures", "whole number"),
+        ({"brute_force": {"max_failures": True}}, "brute_force.max_failures", "whole number"),
+        ({"brute_force": {"window": "0s"}}, "brute_force.window", "greater than zero"),
+        ({"brute_force": {"window": "a while"}}, "brute_force.window", "duration"),
+        ({"brute_force": {"block_for": 0}}, "brute_force.block_for", "greater than zero"),
+        ({"brute_force": {"block_for": "-5s"}}, "brute_force.block_for", "duration"),
         # Routes.
         ({"routes": [{"prefix": "/v", "upstream": "http://h"}]}, "routes[0].name", "required"),
         ({"routes": [{"name": "v", "upstream": "http://h"}]}, "routes[0].prefix", "required"),

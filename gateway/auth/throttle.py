@@ -1,0 +1,406 @@
+"""Brute-force protection: failed authentications counted per client address, shared by every
+worker of every instance; past `brute_force.max_failures` within `brute_force.window` the
+address gets 429 with Retry-After for `brute_force.block_for`, before any store lookup.
+
+What it costs a request:
+
+- `retry_after()` (every request, before the credential is even parsed): one dict lookup while
+  nothing is blocked in this worker, plus a clock read for a blocked address.
+- `record_failure()` (a counted failure): a few dict operations; never any I/O.
+
+Windows are fixed and aligned on the wall clock (window n covers [n * window, (n + 1) *
+window)), so every worker and instance counts an address in the same window without asking.
+
+Sharing: every FLUSH_INTERVAL a background task sends the counts of the addresses that failed
+since the last flush, in one script call per FLUSH_CHUNK addresses (so one round trip for a
+normal flush, however many failures it carries). The script adds them to each address's
+counter for the window and answers the shared totals. A total at the limit blocks the address
+in Redis and announces the block on the BLOCKS channel, which every worker's
+InvalidationListener follows, so each one refuses the address before its next store lookup.
+Meanwhile a worker does not wait for a flush to block: its own estimate (the last shared total
+it saw plus its failures since) blocks at once.
+
+A worker that missed an announcement (its subscription was down) learns the block at its next
+flush for that address while the window lasts: the script finds the total over the limit and
+answers the block's end. (In a later window it counts afresh, as every worker does.)
+
+Redis (every key the script touches is declared in its KEYS; one call spans many addresses,
+so on a Redis Cluster a flush would need one call per hash slot):
+
+    gw:bf:count:{n}:{address}   failures in window n (kept a window and a second)
+    gw:bf:block:{address}       the block's end, epoch milliseconds (SET PX block_for)
+    gw:blocks                   pub/sub: {"client": address, "until_ms": epoch milliseconds}
+
+A store that cannot be reached never fails a request: the flush keeps its counts for the next
+one (bounded: one count per tracked address), says so once in the log, and blocking goes on on
+local counts alone. Memory is bounded: at most `max_tracked` addresses are counted and as many
+blocked, the least recently seen evicted first.
+
+Times are wall-clock epoch seconds (blocks are announced across processes and hosts); the clock
+is injectable for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+
+import orjson
+
+from gateway.config import BruteForceConfig, IPNetwork
+from gateway.errors import RequestRefused, StoreError
+from gateway.observability.metrics import AUTH_THROTTLED
+from gateway.proxy.headers import is_trusted
+from gateway.store.client import Redis, store_errors
+
+log = logging.getLogger(__name__)
+
+# The refusals that count as a failed authentication: a wrong, unknown, expired or replayed
+# credential. Not a missing one (a client discovering it must authenticate), not a refusal of
+# a valid key (403: scopes, account), not a store outage (503).
+COUNTED_CODES = frozenset({"invalid_credentials", "expired_key", "invalid_signature",
+                           "signature_expired", "replayed_request"})
+
+BLOCKS = "gw:blocks"
+COUNT_PREFIX = "gw:bf:count:"
+BLOCK_PREFIX = "gw:bf:block:"
+FLUSH_INTERVAL = 0.25
+FLUSH_CHUNK = 500  # addresses per script call
+MAX_TRACKED = 100_000
+UNKNOWN_CLIENT = "unknown"
+_MAX_RAW_ADDRESS = 64  # an unparsable X-Forwarded-For entry is kept as text, this long at most
+IPV6_GROUP = 64  # IPv6 clients are counted per /64: one host usually holds a whole /64
+
+# KEYS: per address, its counter then its block key. ARGV: now (epoch ms), counter TTL (ms),
+# block_for (ms), max_failures, channel, then per address: its new failures and the address.
+# Answers per address: the shared total, and the end of its block (epoch ms; 0 if none).
+_FLUSH = """
+local now, ttl, block = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local limit, channel = tonumber(ARGV[4]), ARGV[5]
+local out = {}
+for i = 1, #KEYS / 2 do
+  local counter, blocked = KEYS[2 * i - 1], KEYS[2 * i]
+  local n = tonumber(ARGV[4 + 2 * i])
+  local total = redis.call('INCRBY', counter, n)
+  if total == n then
+    redis.call('PEXPIRE', counter, ttl)
+  end
+  local till = 0
+  if total >= limit then
+    till = tonumber(redis.call('GET', blocked) or '0')
+    if till <= now then
+      till = now + block
+      redis.call('SET', blocked, till, 'PX', block)
+      redis.call('PUBLISH', channel, cjson.encode({client = ARGV[5 + 2 * i], until_ms = till}))
+    end
+  end
+  out[2 * i - 1] = total
+  out[2 * i] = till
+end
+return out
+"""
+
+
+# -- who is the client ----------------------------------------------------------------------------
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _parse_address(text: str) -> IPAddress | None:
+    """An address as found in a peer or X-Forwarded-For entry: bare, `a.b.c.d:port` or
+    `[v6]:port`. IPv4-mapped IPv6 addresses become IPv4 (a dual-stack listener's view)."""
+    try:
+        address: IPAddress = ipaddress.ip_address(text)
+    except ValueError:
+        host = None
+        if text.startswith("["):
+            host = text[1:].partition("]")[0]
+        elif text.count(":") == 1:
+            host = text.partition(":")[0]
+        if host is None:
+            return None
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _identity(text: str) -> str:
+    """What failures are counted under: the address (IPv6: its /64), else the text itself."""
+    address = _parse_address(text)
+    if address is None:
+        return text[:_MAX_RAW_ADDRESS] or UNKNOWN_CLIENT
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, IPV6_GROUP), strict=False))
+    return str(address)
+
+
+def client_address(peer: str | None, forwarded_for: Sequence[str],
+                   trusted: tuple[IPNetwork, ...]) -> str:
+    """The address failures are counted under: the peer, unless the peer is a trusted proxy;
+    then the rightmost X-Forwarded-For entry that is not itself a trusted proxy (entries to
+    its left may be anything the client chose to send). `forwarded_for` holds the header's
+    values (several headers, each a comma-separated list). IPv6 addresses count per /64."""
+    if not peer:
+        return UNKNOWN_CLIENT
+    if not trusted or not is_trusted(peer, trusted):
+        return _identity(peer)
+    entries = [entry.strip() for value in forwarded_for for entry in value.split(",")]
+    entries = [entry for entry in entries if entry]
+    if not entries:
+        return _identity(peer)
+    for entry in reversed(entries):
+        address = _parse_address(entry)
+        if address is None or not is_trusted(str(address), trusted):
+            return _identity(entry)
+    return _identity(entries[0])  # every hop is a trusted proxy: the first one is the origin
+
+
+def retry_after_header(seconds: float) -> str:
+    """A Retry-After value (whole seconds, at least 1) for `seconds` left of a block."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def refusal(seconds: float) -> RequestRefused:
+    """The 429 for a blocked client, with its Retry-After."""
+    return RequestRefused("too_many_requests",
+                          "too many failed authentications from this address; retry later",
+                          {"Retry-After": retry_after_header(seconds)})
+
+
+# -- counting and blocking ------------------------------------------------------------------------
+
+
+class _Count:
+    __slots__ = ("known", "last", "pending", "window")
+
+    def __init__(self, window: int, now: float) -> None:
+        self.window = window  # the window these counts are for
+        self.last = now  # the latest failure (entries are ordered by it)
+        self.known = 0  # failures in the window known to be counted in Redis (or kept locally)
+        self.pending = 0  # failures not yet sent to Redis
+
+
+class FailureThrottle:
+    def __init__(self, redis: Redis, config: BruteForceConfig,
+                 clock: Callable[[], float] = time.time, *, interval: float = FLUSH_INTERVAL,
+                 max_tracked: int = MAX_TRACKED) -> None:
+        self.redis = redis
+        self.config = config  # replaced on reload
+        self.clock = clock
+        self.interval = interval
+        self.max_tracked = max_tracked
+        self._counts: OrderedDict[str, _Count] = OrderedDict()  # least recently failed first
+        self._dirty: set[str] = set()  # addresses with pending failures
+        self._blocks: OrderedDict[str, float] = OrderedDict()  # address -> until
+        self._flush_script = redis.register_script(_FLUSH)
+        self._task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
+        self._failing = False  # the store refused the last flush (said once in the log)
+
+    # -- the request path (synchronous, memory only) ---------------------------------------------
+
+    def retry_after(self, client: str) -> float | None:
+        """Seconds left if `client` is blocked, else None. Counts the refusal it implies."""
+        if not self._blocks:
+            return None
+        until = self._blocks.get(client)
+        if until is None:
+            return None
+        left = until - self.clock()
+        if left <= 0:
+            del self._blocks[client]
+            return None
+        if self.config.max_failures <= 0:  # turned off by a reload
+            return None
+        AUTH_THROTTLED.inc()
+        return left
+
+    def record_failure(self, client: str) -> None:
+        """One failed authentication (a code in COUNTED_CODES) from `client`."""
+        config = self.config
+        if config.max_failures <= 0:
+            return
+        now = self.clock()
+        window = int(now // config.window)
+        entry = self._counts.get(client)
+        if entry is None:
+            entry = self._counts[client] = _Count(window, now)
+            while len(self._counts) > self.max_tracked:
+                evicted, _ = self._counts.popitem(last=False)
+                self._dirty.discard(evicted)
+        else:
+            self._counts.move_to_end(client)
+            if entry.window != window:
+                # A new window. Unsent failures of the old one (a flush interval's worth, or
+                # an outage's) no longer count against the address.
+                entry.window, entry.known, entry.pending = window, 0, 0
+        entry.last = now
+        entry.pending += 1
+        self._dirty.add(client)
+        if entry.known + entry.pending >= config.max_failures:
+            self._block(client, now + config.block_for, now)
+
+    # -- blocks from elsewhere -------------------------------------------------------------------
+
+    def apply_block(self, client: str, until: float) -> None:
+        """Block `client` until `until` (epoch seconds), e.g. as another worker announced."""
+        if self.config.max_failures <= 0:
+            return
+        self._block(client, until, self.clock())
+
+    def handle_message(self, payload: bytes) -> None:
+        """A message of the BLOCKS channel (give this to InvalidationListener). Never raises."""
+        try:
+            event = orjson.loads(payload)
+            client, until_ms = event["client"], event["until_ms"]
+            if not isinstance(client, str) or not client or isinstance(until_ms, bool) or \
+                    not isinstance(until_ms, int | float):
+                raise TypeError
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("ignoring malformed brute-force block message")
+            return
+        self.apply_block(client, until_ms / 1000)
+
+    def _block(self, client: str, until: float, now: float) -> None:
+        current = self._blocks.get(client)
+        if until <= now or (current is not None and current >= until):
+            return
+        self._blocks[client] = until
+        self._blocks.move_to_end(client)
+        while len(self._blocks) > self.max_tracked:
+            self._blocks.popitem(last=False)
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        """Addresses counted, addresses with unsent failures, addresses blocked."""
+        return len(self._counts), len(self._dirty), len(self._blocks)
+
+    # -- sharing (the background task) -----------------------------------------------------------
+
+    def prune(self) -> None:
+        """Forget windows that are over and blocks that have ended. Entries are kept in about
+        the order they go stale, so this only looks at the ones it removes (plus one)."""
+        now = self.clock()
+        window = self.config.window
+        while self._counts:
+            client, entry = next(iter(self._counts.items()))
+            if now - entry.last < window:
+                break
+            del self._counts[client]
+            self._dirty.discard(client)
+        while self._blocks:
+            client, until = next(iter(self._blocks.items()))
+            if until > now:
+                break
+            del self._blocks[client]
+
+    async def flush(self) -> None:
+        """Send the unsent failures; block what the shared totals say. Raises StoreError (the
+        failures are then kept for the next flush). One flush at a time."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        self.prune()
+        config = self.config
+        if not self._dirty:
+            return
+        if config.max_failures <= 0:
+            self._dirty.clear()
+            self._counts.clear()
+            return
+        batch: list[tuple[str, _Count, int, int]] = []
+        for client in self._dirty:
+            entry = self._counts.get(client)
+            if entry is not None and entry.pending:
+                batch.append((client, entry, entry.pending, entry.window))
+                entry.known += entry.pending
+                entry.pending = 0
+        self._dirty.clear()
+        for start in range(0, len(batch), FLUSH_CHUNK):
+            chunk = batch[start:start + FLUSH_CHUNK]
+            try:
+                answers = await self._send(chunk, config)
+            except (StoreError, asyncio.CancelledError):
+                # Kept for the next flush (after a cancellation, as at shutdown, a chunk the
+                # store did apply may then count twice: an over-count, never a loss).
+                self._restore(batch[start:])
+                raise
+            self._apply(chunk, answers)
+
+    async def _send(self, chunk: Sequence[tuple[str, _Count, int, int]],
+                    config: BruteForceConfig) -> list[int]:
+        keys: list[str] = []
+        # A counter outlives its window by a second: instances' clocks differ a little.
+        args: list[str | int] = [int(self.clock() * 1000), int(config.window * 1000) + 1000,
+                                 max(1, int(config.block_for * 1000)), config.max_failures,
+                                 BLOCKS]
+        for client, _, count, window in chunk:
+            keys += [f"{COUNT_PREFIX}{window}:{client}", BLOCK_PREFIX + client]
+            args += [count, client]
+        with store_errors():
+            answers = await self._flush_script(keys=keys, args=args)
+        return [int(value) for value in answers]
+
+    def _apply(self, chunk: Iterable[tuple[str, _Count, int, int]],
+               answers: list[int]) -> None:
+        now = self.clock()
+        for index, (client, entry, _, window) in enumerate(chunk):
+            total, until_ms = answers[2 * index], answers[2 * index + 1]
+            if self._counts.get(client) is entry and entry.window == window:
+                entry.known = total  # every worker's failures in the shared window
+                if total + entry.pending >= self.config.max_failures and not until_ms:
+                    until_ms = int((now + self.config.block_for) * 1000)
+            if until_ms:
+                self._block(client, until_ms / 1000, now)
+
+    def _restore(self, unsent: Iterable[tuple[str, _Count, int, int]]) -> None:
+        for client, entry, count, window in unsent:
+            # Still the same window of a still-tracked address: keep the count for next time.
+            if self._counts.get(client) is entry and entry.window == window:
+                entry.known -= count
+                entry.pending += count
+                self._dirty.add(client)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.flush()
+            except StoreError as exc:
+                if not self._failing:
+                    log.warning("brute-force counts cannot be shared (%s); blocking on this "
+                                "worker's counts until the store answers", exc)
+                self._failing = True
+                continue
+            except Exception:  # a bug must not end the flushes for good
+                log.exception("brute-force flush failed")
+                continue
+            if self._failing:
+                log.info("brute-force counts shared again")
+            self._failing = False
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        """Stop the background flushes and share what is left, if the store answers."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            await self.flush()
+        except StoreError as exc:
+            log.info("brute-force counts not shared at shutdown: %s", exc)
