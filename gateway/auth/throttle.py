@@ -153,7 +153,8 @@ def client_address(peer: str | None, forwarded_for: Sequence[str],
     if not peer:
         return UNKNOWN_CLIENT
     if not trusted or not is_trusted(peer, trusted):
-        return _identity(peer)
+        # An IPv4 peer as the socket reports it is already canonical: no parsing on the way.
+        return peer if ":" not in peer else _identity(peer)
     entries = [entry.strip() for value in forwarded_for for entry in value.split(",")]
     entries = [entry for entry in entries if entry]
     if not entries:
