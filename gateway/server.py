@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.admin.app import create_admin_app
 from gateway.auth.authenticator import Authenticator
+from gateway.auth.throttle import BLOCKS, FailureThrottle
 from gateway.config import Config
 from gateway.demo import ensure_demo_key, start_demo_upstreams
 from gateway.errors import StoreError
@@ -65,7 +66,10 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
         secret_box = await _secret_box(config, store)
 
         cache = KeyCache(store, config.keys)
-        listener = InvalidationListener(redis, cache)
+        throttle = FailureThrottle(redis, config.brute_force)
+        throttle.start()
+        stack.push_async_callback(throttle.close)
+        listener = InvalidationListener(redis, cache, handlers={BLOCKS: throttle.handle_message})
         listener.start()
         stack.push_async_callback(listener.stop)
         # Lookups that race the first subscription are not cached (subscribing drops the
@@ -92,7 +96,8 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
         access_log = AccessLog(enabled=config.log.access_log)
         stack.callback(access_log.flush)
         authenticator = Authenticator(cache, usage, store, config.hmac, secret_box)
-        handler = ProxyHandler(ProxyState.from_config(config), pool, authenticator, access_log)
+        handler = ProxyHandler(ProxyState.from_config(config), pool, authenticator, access_log,
+                               throttle)
 
         async def apply(new: Config) -> None:
             handler.reload(new)

@@ -13,7 +13,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.auth.authenticator import Authenticator
-from gateway.config import Config
+from gateway.auth.throttle import COUNTED_CODES, FailureThrottle, client_address, refusal
+from gateway.config import Config, IPNetwork, RouteConfig
 from gateway.errors import RequestRefused
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import (
@@ -70,8 +71,10 @@ class ProxyState:
 
 class ProxyHandler:
     def __init__(self, state: ProxyState, pool: UpstreamPool, authenticator: Authenticator,
-                 access_log: AccessLog | None = None) -> None:
+                 access_log: AccessLog | None = None,
+                 throttle: FailureThrottle | None = None) -> None:
         self.state = state
+        self.throttle = throttle
         self.pool = pool
         self.authenticator = authenticator
         self.access_log = access_log or AccessLog(enabled=False)
@@ -83,6 +86,8 @@ class ProxyHandler:
         self.authenticator.hmac_config = config.hmac
         self.authenticator.cache.config = config.keys
         self.access_log.enabled = config.log.access_log
+        if self.throttle is not None:
+            self.throttle.config = config.brute_force
 
     async def __call__(self, exchange: Exchange) -> None:
         state = self.state
@@ -100,11 +105,10 @@ class ProxyHandler:
                 route = match.route
                 route_name = route.name
                 body = None
-                if not route.public:
-                    authenticated = await self.authenticator.authenticate(exchange, route)
-                    identity, body = authenticated.identity, authenticated.body
                 peer = exchange.remote
                 trusted = state.config.listen.trusted_proxies
+                if not route.public:
+                    identity, body = await self._authenticate(exchange, route, peer, trusted)
                 headers = upstream_request_headers(
                     exchange.headers,
                     peer=peer,
@@ -136,6 +140,26 @@ class ProxyHandler:
             IN_FLIGHT.dec()
             self._account(exchange, request_id, route_name, outcome, identity,
                           time.perf_counter() - started, upstream_seconds)
+
+    async def _authenticate(self, exchange: Exchange, route: RouteConfig, peer: str | None,
+                            trusted: tuple[IPNetwork, ...]) -> tuple[dict[str, str], bytes | None]:
+        throttle = self.throttle
+        if throttle is None:
+            authenticated = await self.authenticator.authenticate(exchange, route)
+            return authenticated.identity, authenticated.body
+        # Brute force: a client past its failure budget is refused before its credential is
+        # even parsed, so guessing costs the gateway (and the store) nothing.
+        client = client_address(peer, exchange.headers.getall("X-Forwarded-For", ()), trusted)
+        wait = throttle.retry_after(client)
+        if wait is not None:
+            raise refusal(wait)
+        try:
+            authenticated = await self.authenticator.authenticate(exchange, route)
+        except RequestRefused as refused:
+            if refused.code in COUNTED_CODES:
+                throttle.record_failure(client)
+            raise
+        return authenticated.identity, authenticated.body
 
     def _account(self, request: Exchange, request_id: str, route_name: str, outcome: str,
                  identity: dict[str, str] | None, seconds: float,
