@@ -7,6 +7,7 @@ in-process on ephemeral ports and `run()` is a thin wrapper that waits for a sig
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Mapping
@@ -27,6 +28,7 @@ from gateway.keys.secrets import MasterKeyError, SecretBox, load_master_key
 from gateway.keys.store import KeyStore
 from gateway.keys.usage import UsageRecorder
 from gateway.observability.access_log import AccessLog
+from gateway.observability.tally import TALLY
 from gateway.proxy.handler import ProxyHandler, ProxyState
 from gateway.proxy.listener import ProxyServer
 from gateway.proxy.upstream import UpstreamPool
@@ -80,6 +82,9 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
             log.warning("key store not reachable at start; serving, and retrying in the "
                         "background")
 
+        tally = asyncio.get_running_loop().create_task(TALLY.run())
+        stack.push_async_callback(_cancel, tally)
+
         usage = UsageRecorder(store, config.keys.last_used_flush)
         usage.start()
         stack.push_async_callback(usage.close)
@@ -125,6 +130,12 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
                              redis_url=redis_url, redis=redis, handler=handler, cache=cache,
                              usage=usage, listener=listener, reloader=reloader,
                              access_log=access_log)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def check_master_key(master_key: bytes | None, store: KeyStore) -> None:

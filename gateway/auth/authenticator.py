@@ -29,6 +29,7 @@ from gateway.keys.secrets import MasterKeyError, SecretBox
 from gateway.keys.store import KeyStore
 from gateway.keys.usage import UsageRecorder
 from gateway.observability.metrics import AUTH_RESULTS, STORE_ERRORS
+from gateway.observability.tally import TALLY
 
 if TYPE_CHECKING:
     from gateway.proxy.listener import Exchange
@@ -84,9 +85,9 @@ class Authenticator:
                 method = credential.method
             result = await self._authenticate(credential, request, route)
         except RequestRefused as refused:
-            AUTH_RESULTS.labels(method, refused.code).inc()
+            TALLY.counter(AUTH_RESULTS, method, refused.code).inc()
             raise
-        AUTH_RESULTS.labels(method, "ok").inc()
+        TALLY.counter(AUTH_RESULTS, method, "ok").inc()
         return result
 
     async def _authenticate(self, credential: Credential | None, request: Exchange,

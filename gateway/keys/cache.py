@@ -28,13 +28,8 @@ from gateway.config import KeysConfig
 from gateway.errors import StoreUnavailable
 from gateway.keys.model import Account, KeyRecord
 from gateway.keys.store import EVENTS, KeyStore
-from gateway.observability.metrics import (
-    CACHE_HIT,
-    CACHE_MISS,
-    CACHE_NEGATIVE_HIT,
-    CACHE_STALE,
-    STORE_ERRORS,
-)
+from gateway.observability.metrics import KEY_CACHE, STORE_ERRORS
+from gateway.observability.tally import TALLY
 from gateway.store.client import Redis
 
 log = logging.getLogger(__name__)
@@ -97,23 +92,23 @@ class KeyCache:
         entry = self._keys.get(token)
         if entry is not None and now < entry.fresh_until:
             self.hits += 1
-            CACHE_HIT.inc()
+            TALLY.counter(KEY_CACHE, "hit").inc()
             key: KeyRecord | None = entry.value
         else:
             until = self._negative.get(token)
             if entry is None and until is not None and now < until:
                 self.negative_hits += 1
-                CACHE_NEGATIVE_HIT.inc()
+                TALLY.counter(KEY_CACHE, "negative_hit").inc()
                 return None, None
             self.misses += 1
-            CACHE_MISS.inc()
+            TALLY.counter(KEY_CACHE, "miss").inc()
             try:
                 key, cacheable = await self._load("s:" + token, fetch)
             except StoreUnavailable:
                 if entry is None or not self._may_serve_stale(now):
                     raise
                 self.stale_serves += 1
-                CACHE_STALE.inc()
+                TALLY.counter(KEY_CACHE, "stale").inc()
                 key = entry.value
             else:
                 if cacheable:
@@ -134,7 +129,7 @@ class KeyCache:
             if entry is None or not self._may_serve_stale(now):
                 raise
             self.stale_serves += 1
-            CACHE_STALE.inc()
+            TALLY.counter(KEY_CACHE, "stale").inc()
             return entry.value
         if cacheable:
             self._accounts[account_id] = _Entry(account, self.clock() + self.config.cache_ttl)

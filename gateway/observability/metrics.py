@@ -45,11 +45,6 @@ CONFIG_RELOADS = Counter("gateway_config_reloads", "Config reloads, by result (o
 IN_FLIGHT = Gauge("gateway_requests_in_flight", "Requests being handled now",
                   multiprocess_mode="livesum")
 
-CACHE_HIT = KEY_CACHE.labels("hit")
-CACHE_MISS = KEY_CACHE.labels("miss")
-CACHE_NEGATIVE_HIT = KEY_CACHE.labels("negative_hit")
-CACHE_STALE = KEY_CACHE.labels("stale")
-
 
 def method_label(method: str) -> str:
     # Bounded label values: an arbitrary method token must not mint a new time series.
@@ -59,6 +54,8 @@ def method_label(method: str) -> str:
 def render(multiprocess_dir: Path | None) -> tuple[bytes, str]:
     """The text exposition: this process's registry, or every worker's files aggregated."""
     if multiprocess_dir is None:
+        from gateway.observability.tally import TALLY  # here: tally imports this module
+        TALLY.flush()  # this process's batched counts, so a scrape sees every request
         return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]

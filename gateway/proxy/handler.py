@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.auth.authenticator import Authenticator
@@ -18,12 +17,12 @@ from gateway.config import Config, IPNetwork, RouteConfig
 from gateway.errors import RequestRefused
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import (
-    IN_FLIGHT,
     REQUEST_DURATION,
     REQUESTS,
     UPSTREAM_DURATION,
     method_label,
 )
+from gateway.observability.tally import TALLY
 from gateway.proxy.forward import UpstreamRequest, forward
 from gateway.proxy.headers import is_trusted, request_id_from, upstream_request_headers
 from gateway.proxy.listener import Exchange
@@ -32,7 +31,6 @@ from gateway.proxy.upstream import Origin, UpstreamPool
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499
-MAX_SERIES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +76,6 @@ class ProxyHandler:
         self.pool = pool
         self.authenticator = authenticator
         self.access_log = access_log or AccessLog(enabled=False)
-        self._series: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     def reload(self, config: Config) -> None:
         """Requests already running keep the state they took; new ones get this one."""
@@ -92,7 +89,7 @@ class ProxyHandler:
     async def __call__(self, exchange: Exchange) -> None:
         state = self.state
         started = time.perf_counter()
-        IN_FLIGHT.inc()
+        TALLY.in_flight += 1
         request_id = request_id_from(exchange.headers.get("X-Request-Id"))
         route_name = "-"
         identity: dict[str, str] | None = None
@@ -137,7 +134,7 @@ class ProxyHandler:
                 if not exchange.started:
                     exchange.send_error(refused, request_id)
         finally:
-            IN_FLIGHT.dec()
+            TALLY.in_flight -= 1
             self._account(exchange, request_id, route_name, outcome, identity,
                           time.perf_counter() - started, upstream_seconds)
 
@@ -168,19 +165,10 @@ class ProxyHandler:
         status = request.status if request.started else CLIENT_CLOSED
         if not request.started:
             outcome = "client_closed"
-        counters = self._series.get((route_name, request.method, status))
-        if counters is None:
-            # Looking labelled children up costs more than using them: keep them (bounded:
-            # routes x methods x statuses; the method label folds unknown methods together).
-            counters = (REQUESTS.labels(route_name, method_label(request.method), str(status)),
-                        REQUEST_DURATION.labels(route_name),
-                        UPSTREAM_DURATION.labels(route_name))
-            if len(self._series) < MAX_SERIES:
-                self._series[(route_name, request.method, status)] = counters
-        counters[0].inc()
-        counters[1].observe(seconds)
+        TALLY.counter(REQUESTS, route_name, method_label(request.method), str(status)).inc()
+        TALLY.histogram(REQUEST_DURATION, route_name).observe(seconds)
         if upstream_seconds is not None:
-            counters[2].observe(upstream_seconds)
+            TALLY.histogram(UPSTREAM_DURATION, route_name).observe(upstream_seconds)
         if not self.access_log.enabled:
             return
         sent = request.bytes_sent

@@ -77,9 +77,11 @@ class UpstreamConnection(asyncio.Protocol):
     # -- one exchange ------------------------------------------------------------------------
 
     def begin(self, head_request: bool) -> None:
-        # A fresh parser per exchange: an answer to HEAD states a length it never sends, and
-        # llhttp, not knowing the request, would wait for it.
-        self._parser = httptools.HttpResponseParser(self)
+        # llhttp moves on to the next message by itself, so the parser is kept, except after
+        # an answer to HEAD: that states a length it never sends, and llhttp, not knowing the
+        # request, would still be waiting for it.
+        if self._parser is None or self._head_request:
+            self._parser = httptools.HttpResponseParser(self)
         self._head_request = head_request
         self.status = 0
         self.reason = b""
