@@ -22,7 +22,6 @@ Layout (every hot-path read is a single-key GET, so Redis Cluster stays possible
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import orjson
 
 from gateway.keys.model import HMAC_KEY, Account, KeyRecord
+from gateway.keys.nonces import NONCE, ReplayGuard  # noqa: F401 - part of the layout above
 from gateway.store.client import Redis, store_errors
 
 SECRET = "gw:secret:"  # noqa: S105 - a key prefix, not a password
@@ -42,7 +42,6 @@ LAST_USED = "gw:last-used"
 EVENTS = "gw:events"
 AUDIT = "gw:audit"
 HMAC_KEYS = "gw:hmac-keys"
-NONCE = "gw:nonce:"
 DEMO_KEY_ID = "gw:demo-key-id"
 AUDIT_MAX_ENTRIES = 1_000_000
 _CURSOR = re.compile(r"^\d{13}:[A-Za-z0-9_]{1,64}$")
@@ -79,6 +78,7 @@ class KeyStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._record_last_used = redis.register_script(_RECORD_LAST_USED)
+        self._replay_guard = ReplayGuard(redis)
 
     # -- hot-path reads ------------------------------------------------------------------------
 
@@ -171,11 +171,7 @@ class KeyStore:
 
     async def use_nonce(self, key_id: str, nonce: str, ttl: float) -> bool:
         """Record a nonce; False when it was already used within its window."""
-        digest = hashlib.sha256(nonce.encode()).hexdigest()[:32]  # bounded key length
-        with store_errors():
-            stored = await self.redis.set(f"{NONCE}{key_id}:{digest}", b"1", nx=True,
-                                          px=max(int(ttl * 1000), 1))
-        return bool(stored)
+        return await self._replay_guard.claim(key_id, nonce, ttl)
 
     async def hmac_key_count(self) -> int:
         with store_errors():
