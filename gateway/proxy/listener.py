@@ -335,6 +335,7 @@ class ProxyConnection(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        self._next()
 
     # -- parser callbacks ----------------------------------------------------------------------
 
@@ -408,7 +409,9 @@ class ProxyConnection(asyncio.Protocol):
     # -- running exchanges ---------------------------------------------------------------------
 
     def _next(self) -> None:
-        if self._current is not None or not self._pipeline or self._lost:
+        # A client that pipelines requests but reads no answers gets no more of them: the
+        # next request waits until the socket drains (resume_writing calls back here).
+        if self._current is not None or not self._pipeline or self._lost or self._write_paused:
             return
         exchange = self._current = self._pipeline.popleft()
         self._task = asyncio.get_running_loop().create_task(self._run(exchange))
