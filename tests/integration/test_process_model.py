@@ -341,10 +341,14 @@ async def test_a_killed_worker_is_replaced_while_traffic_goes_on(
     # new one too, serve some) all succeed.
     assert await statuses(gateway.url + "/open/z", 100) == Counter({200: 100}), failures
     # The killed worker's in-flight gauge went with it.
-    text = await gateway.metrics()
-    assert "gateway_requests_in_flight 0.0" in text, text
-    # What the dead worker had counted is still counted: counters never go back.
-    assert requests_counted(text) >= counted_before + 100
+    # (Workers write their counts every 0.1 s, so the scrape is polled.) What the dead worker
+    # had counted is still counted: counters never go back.
+    async def settled() -> bool:
+        text = await gateway.metrics()
+        return "gateway_requests_in_flight 0.0" in text and \
+            requests_counted(text) >= counted_before + 100
+
+    assert await eventually(settled), await gateway.metrics()
 
 
 # -- (b) SIGTERM drains ------------------------------------------------------------------------
@@ -384,8 +388,11 @@ async def test_sigterm_lets_a_slow_request_finish_flushes_last_use_and_exits_cle
 
         in_flight = asyncio.ensure_future(slow_request())
         await asyncio.wait_for(entered.wait(), RECOVERY)
-        # Counted in flight, over both workers' files.
-        assert "gateway_requests_in_flight 1.0" in await gateway.metrics()
+        # Counted in flight, over both workers' files (written every 0.1 s: polled).
+        async def counted_in_flight() -> bool:
+            return "gateway_requests_in_flight 1.0" in await gateway.metrics()
+
+        assert await eventually(counted_in_flight), await gateway.metrics()
         # Only the shutdown flush can write last use: the periodic one is a minute away.
         assert await key_service.last_used(quick_key.id) is None
         gateway.process.process.send_signal(signal.SIGTERM)
