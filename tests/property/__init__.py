@@ -1,0 +1,1 @@
+"""Property-based tests (hypothesis) for the pure parsers, and the replay of fuzz findings."""
