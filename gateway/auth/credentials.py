@@ -55,11 +55,12 @@ def credential_from(headers: CIMultiDictProxy[str]) -> Credential | None:
 
 
 def _api_key(value: str) -> ApiKeyCredential:
-    scheme, _, secret = value.strip().partition(" ")
-    if scheme.lower() != API_KEY_SCHEME:
+    scheme, _, secret = value.strip(" \t").partition(" ")
+    # ASCII only: str.lower() maps the Kelvin sign to "k", and strip() eats Unicode spaces.
+    if not scheme.isascii() or scheme.lower() != API_KEY_SCHEME:
         raise RequestRefused("invalid_credentials",
                              "unsupported Authorization scheme: use 'Api-Key <key>' or a signature")
-    secret = secret.strip()
+    secret = secret.strip(" \t")
     if not apikey.is_well_formed(secret):
         raise RequestRefused("invalid_credentials", "malformed API key")
     return ApiKeyCredential(secret)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from http_sfv.dictionary import Dictionary
 from http_sfv.item import InnerList
-from http_sfv.types import Token
+from http_sfv.types import DisplayString, Token
 from multidict import CIMultiDictProxy
 
 ALGORITHM = "hmac-sha256"
@@ -100,8 +100,9 @@ def parse(signature_input: str, signature: str) -> ParsedSignature:
         raise _invalid(f"Signature {chosen!r} is not a byte sequence")
     components: list[str] = []
     for item in inner:
-        # RFC 9421 §2: component names are sf-strings; http-sfv's Token is a str subclass.
-        if not isinstance(item.value, str) or isinstance(item.value, Token):
+        # RFC 9421 §2: component names are sf-strings; http-sfv's Token and DisplayString are
+        # str subclasses.
+        if not isinstance(item.value, str) or isinstance(item.value, Token | DisplayString):
             raise _invalid("covered components must be quoted strings")
         if item.params:
             raise _invalid(f"component parameters are not supported ({item.value!r})")
@@ -120,7 +121,7 @@ def parse(signature_input: str, signature: str) -> ParsedSignature:
     keyid, created, nonce = params.get("keyid"), params.get("created"), params.get("nonce")
     expires, alg = params.get("expires"), params.get("alg")
     for name in ("keyid", "nonce", "alg", "tag"):
-        if isinstance(params.get(name), Token):
+        if isinstance(params.get(name), Token | DisplayString):
             raise _invalid(f"the {name} parameter must be a quoted string")
     if not isinstance(keyid, str) or not keyid:
         raise _invalid("the keyid parameter is required")
@@ -175,16 +176,16 @@ def component_value(name: str, facts: RequestFacts) -> str:
     if not values:
         raise _invalid(f"covered field {name!r} is not in the request")
     # RFC 9421 §2.1: each field line trimmed, several combined with ", ".
-    return ", ".join(v.strip() for v in values)
+    return ", ".join(v.strip(" \t") for v in values)  # OWS: spaces and tabs only
 
 
 def signature_base(components: Sequence[str], params_line: str, facts: RequestFacts) -> bytes:
     lines = [f'"{name}": {component_value(name, facts)}' for name in components]
     lines.append(f'"@signature-params": {params_line}')
-    base = "\n".join(lines)
-    if any(ord(ch) > 126 or (ord(ch) < 32 and ch != "\n") for ch in base):
+    # Checked line by line, before joining: a line break inside a value would forge a line.
+    if any(ord(ch) > 126 or ord(ch) < 32 for line in lines for ch in line):
         raise _invalid("covered values must be printable ASCII")
-    return base.encode("ascii")
+    return "\n".join(lines).encode("ascii")
 
 
 def hmac_sha256(key: bytes, base: bytes) -> bytes:

@@ -86,6 +86,9 @@ def normalise_path(raw_path: str) -> tuple[str, int | None]:
     # RFC 3986 §5.2.4: a path ending in a dot segment keeps its final slash.
     trailing_slash = segments[-1] in ("", ".", "..")
     for segment in segments[1:]:
+        if ";" in segment and segment.partition(";")[0] in (".", ".."):
+            # Tomcat, Jetty and Spring drop path parameters first and read `..;` as `..`.
+            raise _refuse("the path has a dot segment with parameters ('..;')")
         if segment in ("", "."):
             continue  # empty segments merge ("//" -> "/"), as upstreams like nginx would
         if segment == "..":
