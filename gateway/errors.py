@@ -6,6 +6,7 @@
     │   └── StoreUnavailable   ...because it could not be reached in time
     ├── RequestRefused         a request the gateway answers itself (carries a SPEC §5 code)
     ├── ClientGone             the client went away (or its body broke) while being read
+    │   └── ClientTooSlow      ...or sent nothing of it for too long
     └── ServiceError           a management operation was refused (CLI, admin API, web page)
         ├── NotFound           no account or key with that id
         ├── Conflict           the operation contradicts the current state
@@ -88,6 +89,10 @@ class RequestRefused(GatewayError):
 
 class ClientGone(GatewayError):
     """The client went away (or sent a body the parser refused) while its body was read."""
+
+
+class ClientTooSlow(ClientGone):
+    """The client sent nothing of its request body for too long."""
 
 
 class ServiceError(GatewayError):

@@ -22,7 +22,7 @@ from gateway.auth.credentials import (
 )
 from gateway.auth.decide import Allow, Deny, decide, method_accepted, scope_decision
 from gateway.config import HmacConfig, RouteConfig
-from gateway.errors import ClientGone, RequestRefused, StoreUnavailable
+from gateway.errors import ClientGone, ClientTooSlow, RequestRefused, StoreUnavailable
 from gateway.keys.cache import KeyCache
 from gateway.keys.model import Account, KeyRecord
 from gateway.keys.secrets import MasterKeyError, SecretBox
@@ -55,6 +55,12 @@ class Authenticated:
 
 def _refuse(decision: Deny) -> RequestRefused:
     return RequestRefused(decision.code, decision.message)
+
+
+def _body_refused(gone: ClientGone) -> RequestRefused:
+    if isinstance(gone, ClientTooSlow):
+        return RequestRefused("request_timeout", str(gone))
+    return RequestRefused("bad_request", "the request body was cut off or malformed")
 
 
 def _store_down() -> RequestRefused:
@@ -207,9 +213,8 @@ class Authenticator:
         while True:
             try:
                 chunk = await request.content.readany()
-            except ClientGone:
-                raise RequestRefused("bad_request", "the request body was cut off or "
-                                     "malformed") from None
+            except ClientGone as gone:
+                raise _body_refused(gone) from None
             if not chunk:
                 break
             size += len(chunk)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from multidict import CIMultiDict
 
 from gateway.config import RouteConfig
-from gateway.errors import ClientGone, RequestRefused
+from gateway.errors import ClientGone, ClientTooSlow, RequestRefused
 from gateway.proxy.headers import client_response_pairs
 from gateway.proxy.listener import Exchange
 from gateway.proxy.upstream import (
@@ -89,14 +89,20 @@ async def forward(pool: UpstreamPool, exchange: Exchange, upstream: UpstreamRequ
             await _answer(conn, exchange, upstream)
             return
         except UpstreamError as exc:
-            if sender is not None and sender.done() and not sender.cancelled() \
-                    and isinstance(sender.exception(), ClientGone):
-                raise RequestRefused("bad_request",
-                                     "the request body was cut off or malformed") from None
+            if sender is not None and sender.done() and not sender.cancelled():
+                gone = sender.exception()
+                if isinstance(gone, ClientTooSlow):
+                    raise RequestRefused("request_timeout", str(gone)) from None
+                if isinstance(gone, ClientGone):
+                    raise RequestRefused("bad_request",
+                                         "the request body was cut off or malformed") from None
             raise _translate(exc, route) from None
         finally:
-            if sender is not None and not sender.done():
-                sender.cancel()
+            if sender is not None:
+                if not sender.done():
+                    sender.cancel()
+                elif not sender.cancelled():
+                    sender.exception()  # retrieved, so asyncio does not report it as lost
             pool.release(conn)
 
 

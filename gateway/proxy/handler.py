@@ -122,6 +122,8 @@ class ProxyHandler:
                                            host=address.host, method=exchange.method,
                                            target=target_text, headers=headers,
                                            request_id=request_id, body=body)
+                if exchange.client_gone:
+                    return  # left while being authenticated: nothing is sent upstream
                 upstream_started = time.perf_counter()
                 exchange.forwarding = True
                 try:

@@ -20,7 +20,7 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.errors import ClientGone, RequestRefused
+from gateway.errors import ClientGone, ClientTooSlow, RequestRefused
 from gateway.proxy.responses import error_reply
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,10 @@ MAX_HEAD = 2**16  # bytes in the whole request head
 BODY_HIGH_WATER = 2**18  # unread request body bytes before the client's socket is paused
 KEEPALIVE_TIMEOUT = 75.0  # an idle keep-alive connection is closed after this
 HEAD_TIMEOUT = 30.0  # a request head must arrive whole within this (slow-loris bound)
+BODY_TIMEOUT = 60.0  # a request body read waits at most this long for its next bytes
+SEND_TIMEOUT = 60.0  # an answer waits at most this long for the client to read some of it
+LINGER_BYTES = 2**20  # after answering early, unread request body discarded before closing...
+LINGER_TIMEOUT = 2.0  # ...for at most this long, so the client gets to read the answer
 SWEEP_INTERVAL = 1.0
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -111,7 +115,9 @@ class Body:
                 self._conn.write(CONTINUE)
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._waiter
+                await asyncio.wait_for(self._waiter, BODY_TIMEOUT)
+            except TimeoutError:
+                raise ClientTooSlow(f"no request body bytes for {BODY_TIMEOUT:g}s") from None
             finally:
                 self._waiter = None
         chunk = self._chunks.popleft()
@@ -194,8 +200,8 @@ class Exchange:
         self.started = True
         self.finished = True
         self.status = status
-        if status in (204, 304) or 100 <= status < 200:
-            framing = b""
+        if head_only or status in (204, 304) or 100 <= status < 200:
+            framing = b""  # HEAD's answer keeps the upstream's own Content-Length
         else:
             framing = b"Content-Length: %d\r\n" % len(body)
         head = self._head(status, reason, headers, framing)
@@ -231,6 +237,10 @@ class Exchange:
         self.bytes_sent += len(data)
         self._conn.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
         await self._conn.drain()
+
+    @property
+    def client_gone(self) -> bool:
+        return self._conn.lost
 
     def end_body(self, chunked: bool) -> None:
         self.finished = True
@@ -270,6 +280,8 @@ class ProxyConnection(asyncio.Protocol):
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
         self._in_head = False
+        self._last: Exchange | None = None  # the most recently parsed request
+        self._lingering: int | None = None  # bytes still to discard before closing
         self._receiving: Exchange | None = None  # whose body the parser is reading
         self._pipeline: deque[Exchange] = deque()  # parsed, waiting their turn
         self._current: Exchange | None = None
@@ -307,6 +319,11 @@ class ProxyConnection(asyncio.Protocol):
             waiter.set_exception(gone)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            self._lingering -= len(data)
+            if self._lingering <= 0:
+                self._close()
+            return
         if self._closing:
             return
         try:
@@ -344,7 +361,8 @@ class ProxyConnection(asyncio.Protocol):
         self._raw_headers = []
         self._head_size = 0
         self._in_head = True
-        self.deadline = self.server.now() + HEAD_TIMEOUT
+        if self._current is None:  # else the request running owns the connection's time
+            self.deadline = self.server.now() + HEAD_TIMEOUT
 
     def on_url(self, url: bytes) -> None:
         self._head_size += len(url)
@@ -382,9 +400,12 @@ class ProxyConnection(asyncio.Protocol):
             self, parser.get_method().decode("ascii"), b"".join(self._url).decode("ascii"),
             CIMultiDictProxy(headers), version, parser.should_keep_alive(),
             content_length, chunked or bool(content_length),
-            headers.get("Expect", "").lower() == "100-continue")
-        self.deadline = None
+            # RFC 9110 §10.1.1: an HTTP/1.0 request's expectation is ignored.
+            version == "1.1" and headers.get("Expect", "").lower() == "100-continue")
+        if self._current is None:
+            self.deadline = None
         self._in_head = False
+        self._last = exchange
         self._receiving = exchange
         self._pipeline.append(exchange)
         if self._current is not None or len(self._pipeline) > 1:
@@ -435,19 +456,28 @@ class ProxyConnection(asyncio.Protocol):
         self._task = None
         if self._lost:
             return
-        if not exchange.finished or not exchange.keep_alive or not self.accepting:
-            self._close()
-            return
         if self._pending_error is not None:
             self._reply_and_close(self._pending_error)
             return
-        if self._pipeline:
-            self._next()
-        else:
-            self.deadline = self.server.now() + KEEPALIVE_TIMEOUT
+        if not exchange.finished or not exchange.keep_alive or not self.accepting \
+                or self._closing:
+            if exchange.finished and not exchange.content.complete:
+                self._linger()  # the client is still sending: let it read the answer first
+            else:
+                self._close()
+            return
+        # A body left unread (an early answer) is dropped with its exchange: read on.
+        self._paused_body = False
         if self._paused_pipeline and len(self._pipeline) <= 1:
             self._paused_pipeline = False
-            self._update_reading()
+        self._update_reading()
+        if self._pipeline:
+            self._next()
+        if self._current is None:
+            # Waiting: for a head under way, or for the next request (or for the socket to
+            # drain before a pipelined one is started).
+            self.deadline = self.server.now() + (HEAD_TIMEOUT if self._in_head
+                                                  else KEEPALIVE_TIMEOUT)
 
     def _protocol_error(self, refused: RequestRefused) -> None:
         """The parser refused the stream: nothing after this point is trusted as a request."""
@@ -467,13 +497,19 @@ class ProxyConnection(asyncio.Protocol):
     def _upgraded(self) -> None:
         # Protocol upgrades are not proxied: the request is answered as a plain one (the
         # Upgrade header is hop-by-hop and never forwarded), then the connection closes.
+        last = self._last
+        if last is not None and last.body_exists:
+            # llhttp does not read the body of an upgrade request: refuse rather than send
+            # the upstream a length with no bytes.
+            self._protocol_error(RequestRefused("bad_request",
+                                                "an upgrade request may not carry a body"))
+            return
         self._closing = True
         self._set_reading(False)
-        receiving = self._receiving
-        if receiving is not None:
-            receiving.keep_alive = False
-            receiving.content.feed_eof()
-            self._receiving = None
+        if last is not None:
+            last.keep_alive = False
+            last.content.feed_eof()
+        self._receiving = None
 
     def _reply_and_close(self, refused: RequestRefused) -> None:
         if self._lost:
@@ -483,7 +519,7 @@ class ProxyConnection(asyncio.Protocol):
         head.extend(b"%s: %s\r\n" % pair for pair in headers)
         head.append(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
         self.write(b"".join(head) + body)
-        self._close()
+        self._linger()
 
     # -- I/O helpers ---------------------------------------------------------------------------
 
@@ -491,13 +527,23 @@ class ProxyConnection(asyncio.Protocol):
         if self.transport is not None and not self._lost:
             self.transport.write(data)
 
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
     async def drain(self) -> None:
         if self._lost:
             raise ConnectionResetError("the client closed the connection")
         if self._write_paused:
             self._drain_waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._drain_waiter
+                await asyncio.wait_for(self._drain_waiter, SEND_TIMEOUT)
+            except TimeoutError:
+                # A client that stops reading must not hold this connection (and an upstream
+                # connection behind it) for ever.
+                self.abort()
+                raise ConnectionResetError(f"the client read nothing for {SEND_TIMEOUT:g}s") \
+                    from None
             finally:
                 self._drain_waiter = None
 
@@ -511,6 +557,31 @@ class ProxyConnection(asyncio.Protocol):
 
     def _set_reading(self, reading: bool) -> None:
         if self.transport is None or self._lost or reading != self._reading_paused:
+            return
+        self._reading_paused = not reading
+        if reading:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
+    def _linger(self) -> None:
+        """Close without losing the answer: closing a socket with unread input makes the kernel
+        send a reset, and the client may lose the answer already sent. So the write side is
+        shut, and input is read and dropped (bounded in bytes and time) until the client
+        closes too."""
+        transport = self.transport
+        if transport is None or self._lost or not transport.can_write_eof():
+            self._close()
+            return
+        self._closing = True
+        self._lingering = LINGER_BYTES
+        transport.write_eof()
+        self.deadline = self.server.now() + LINGER_TIMEOUT
+        self._reading_paused = True  # make the next call resume, whatever was recorded
+        self._set_reading_now(True)
+
+    def _set_reading_now(self, reading: bool) -> None:
+        if self.transport is None or self._lost:
             return
         self._reading_paused = not reading
         if reading:
@@ -532,7 +603,9 @@ class ProxyConnection(asyncio.Protocol):
     def timed_out(self) -> None:
         """Called by the server's sweep once `deadline` has passed."""
         self.deadline = None
-        if self._in_head:
+        if self._lingering is not None:
+            self._close()
+        elif self._in_head and self._current is None:
             self._reply_and_close(RequestRefused(
                 "request_timeout", f"the request head did not arrive within {HEAD_TIMEOUT:g}s"))
         elif self._current is None:

@@ -121,6 +121,7 @@ class UpstreamConnection(asyncio.Protocol):
         data = b"".join(self._chunks)
         self._chunks.clear()
         self._size = 0
+        self._resume()
         return data
 
     async def read_chunk(self, within: float) -> bytes:
@@ -134,15 +135,19 @@ class UpstreamConnection(asyncio.Protocol):
             self.disarm()
         chunk = self._chunks.popleft()
         self._size -= len(chunk)
-        if self._paused and self._size <= BODY_HIGH_WATER // 2 and self.transport is not None:
+        if self._size <= BODY_HIGH_WATER // 2:
+            self._resume()
+        return chunk
+
+    def _resume(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
             self._paused = False
             self.transport.resume_reading()
-        return chunk
 
     @property
     def reusable(self) -> bool:
         return (self.complete and self.keep_alive and self.request_sent and not self.closed
-                and self._error is None)
+                and self._error is None and not self._paused)
 
     def close(self) -> None:
         self.disarm()
@@ -194,7 +199,8 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.disarm()
-        if self._parser is not None and self.head_done and self._until_eof and not self.complete:
+        if self._parser is not None and self.head_done and self._until_eof \
+                and not self.complete and exc is None:
             self.complete = True  # a body delimited by the connection's end has ended
             self.keep_alive = False
             self._wake()
@@ -215,6 +221,7 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self.keep_alive = False
             self._fail(UpstreamFailed(f"malformed answer from the upstream: {exc}"))
             self.close()
 
@@ -228,6 +235,11 @@ class UpstreamConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     # -- parser callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.head_done:
+            # A second answer to one request: the upstream is out of step with us.
+            raise UpstreamFailed("the upstream sent more than one answer")
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -282,6 +294,7 @@ class UpstreamPool:
         self._idle: dict[Origin, list[UpstreamConnection]] = {}
         self._open: dict[Origin, set[UpstreamConnection]] = {}
         self._waiters: dict[Origin, deque[asyncio.Future[None]]] = {}
+        self._connecting: dict[Origin, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
         self._tls: ssl.SSLContext | None = None
@@ -312,7 +325,7 @@ class UpstreamPool:
             conn.close()
         deadline = now + connect_timeout
         opened = self._open.setdefault(origin, set())
-        while len(opened) >= self.limit:
+        while len(opened) + self._connecting.get(origin, 0) >= self.limit:
             # Full: wait for a connection to come back or go away, within connect_timeout.
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(origin, deque()).append(waiter)
@@ -323,6 +336,9 @@ class UpstreamPool:
             finally:
                 if not waiter.done():
                     waiter.cancel()
+                waiters = self._waiters.get(origin)
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)
             idle = self._idle.get(origin)
             if idle:
                 conn = idle.pop()
@@ -331,6 +347,7 @@ class UpstreamPool:
                     return conn
         host, port, tls = origin
         loop = asyncio.get_running_loop()
+        self._connecting[origin] = self._connecting.get(origin, 0) + 1
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 _, conn = await loop.create_connection(
@@ -340,6 +357,10 @@ class UpstreamPool:
             raise UpstreamTimeout("connecting to the upstream timed out") from None
         except OSError as exc:
             raise UpstreamFailed(f"cannot connect to the upstream: {exc}") from exc
+        finally:
+            self._connecting[origin] -= 1
+            if not self._connecting[origin]:
+                self._wake_one(origin)  # a failed connect frees its place too
         if conn.closed:
             raise UpstreamFailed("the upstream closed the connection at once")
         opened.add(conn)
