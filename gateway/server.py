@@ -7,7 +7,6 @@ in-process on ephemeral ports and `run()` is a thin wrapper that waits for a sig
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Mapping
@@ -34,6 +33,7 @@ from gateway.proxy.listener import ProxyServer
 from gateway.proxy.upstream import UpstreamPool
 from gateway.reload import ConfigReloader
 from gateway.store.client import Redis, open_redis
+from gateway.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
                         "background")
 
         tally = asyncio.get_running_loop().create_task(TALLY.run())
-        stack.push_async_callback(_cancel, tally)
+        stack.push_async_callback(stop_task, tally)
 
         usage = UsageRecorder(store, config.keys.last_used_flush)
         usage.start()
@@ -130,12 +130,6 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
                              redis_url=redis_url, redis=redis, handler=handler, cache=cache,
                              usage=usage, listener=listener, reloader=reloader,
                              access_log=access_log)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def check_master_key(master_key: bytes | None, store: KeyStore) -> None:

@@ -43,7 +43,6 @@ is injectable for tests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import math
@@ -58,6 +57,7 @@ from gateway.errors import RequestRefused, StoreError
 from gateway.observability.metrics import AUTH_THROTTLED
 from gateway.proxy.headers import is_trusted
 from gateway.store.client import Redis, store_errors
+from gateway.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -396,11 +396,8 @@ class FailureThrottle:
 
     async def close(self) -> None:
         """Stop the background flushes and share what is left, if the store answers."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         try:
             await self.flush()
         except StoreError as exc:

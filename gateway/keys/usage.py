@@ -8,12 +8,12 @@ next one, and the last batch is flushed on graceful shutdown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
 from gateway.errors import StoreError
 from gateway.keys.store import KeyStore
+from gateway.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,8 @@ class UsageRecorder:
 
     async def close(self) -> None:
         """Stop the background flushes and write what is left."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         try:
             await self.flush()
         except StoreError as exc:

@@ -21,6 +21,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import ClientGone, ClientTooSlow, RequestRefused
+from gateway.proxy.flow import WriteFlow
 from gateway.proxy.responses import error_reply
 
 log = logging.getLogger(__name__)
@@ -292,8 +293,7 @@ class ProxyConnection(asyncio.Protocol):
         self._paused_body = False
         self._paused_pipeline = False
         self._reading_paused = False
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._flow = WriteFlow()
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -314,9 +314,7 @@ class ProxyConnection(asyncio.Protocol):
         self._pipeline.clear()
         if self._current is not None and self._current.forwarding and self._task is not None:
             self._task.cancel()  # nobody is left to answer: stop the upstream work too
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(gone)
+        self._flow.release(gone)
 
     def data_received(self, data: bytes) -> None:
         if self._lingering is not None:
@@ -345,13 +343,10 @@ class ProxyConnection(asyncio.Protocol):
         self._next()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._flow.resume()
         self._next()
 
     # -- parser callbacks ----------------------------------------------------------------------
@@ -432,7 +427,7 @@ class ProxyConnection(asyncio.Protocol):
     def _next(self) -> None:
         # A client that pipelines requests but reads no answers gets no more of them: the
         # next request waits until the socket drains (resume_writing calls back here).
-        if self._current is not None or not self._pipeline or self._lost or self._write_paused:
+        if self._current is not None or not self._pipeline or self._lost or self._flow.paused:
             return
         exchange = self._current = self._pipeline.popleft()
         self._task = asyncio.get_running_loop().create_task(self._run(exchange))
@@ -534,18 +529,14 @@ class ProxyConnection(asyncio.Protocol):
     async def drain(self) -> None:
         if self._lost:
             raise ConnectionResetError("the client closed the connection")
-        if self._write_paused:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(self._drain_waiter, SEND_TIMEOUT)
-            except TimeoutError:
-                # A client that stops reading must not hold this connection (and an upstream
-                # connection behind it) for ever.
-                self.abort()
-                raise ConnectionResetError(f"the client read nothing for {SEND_TIMEOUT:g}s") \
-                    from None
-            finally:
-                self._drain_waiter = None
+        try:
+            await self._flow.wait(SEND_TIMEOUT)
+        except TimeoutError:
+            # A client that stops reading must not hold this connection (and an upstream
+            # connection behind it) for ever.
+            self.abort()
+            raise ConnectionResetError(f"the client read nothing for {SEND_TIMEOUT:g}s") \
+                from None
 
     def pause_for_body(self, paused: bool) -> None:
         if paused != self._paused_body:

@@ -17,6 +17,8 @@ from typing import cast
 
 import httptools
 
+from gateway.proxy.flow import WriteFlow
+
 log = logging.getLogger(__name__)
 
 POOL_LIMIT_PER_ORIGIN = 512  # open connections per upstream origin and worker
@@ -71,8 +73,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._flow = WriteFlow()
 
     # -- one exchange ------------------------------------------------------------------------
 
@@ -100,12 +101,7 @@ class UpstreamConnection(asyncio.Protocol):
     async def drain(self) -> None:
         if self.closed:
             raise self._error or UpstreamFailed("upstream connection closed")
-        if self._write_paused:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
+        await self._flow.wait()
 
     async def read_head(self, within: float) -> None:
         """Wait for the response head. The same `timeout` keeps running over a body read with
@@ -208,9 +204,7 @@ class UpstreamConnection(asyncio.Protocol):
             error: UpstreamError = (UpstreamStale if self.reused and not self._got_bytes
                                     else UpstreamFailed)("the upstream closed the connection")
             self._fail(error)
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._flow.release()  # the writer wakes and finds `closed`
         self.pool.forget(self)
 
     def data_received(self, data: bytes) -> None:
@@ -226,13 +220,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._flow.resume()
 
     # -- parser callbacks ----------------------------------------------------------------------
 
