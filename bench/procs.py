@@ -102,6 +102,25 @@ def rss_kib(pid: int) -> int:
         return 0
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """The same for a process tree (a proxy's supervisor and workers). Per request, it is the
+    steadiest figure on a shared machine: it does not depend on how much of the CPU the load
+    generator and the upstream left over."""
+    return sum(cpu_seconds(pid) for pid in tree(root))
+
+
 class MemorySampler:
     """Samples the summed RSS of a process tree (the gateway's supervisor and workers) in a
     thread; `peak_kib` is the highest sum seen, `start_kib` the first."""

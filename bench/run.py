@@ -33,7 +33,14 @@ import redis
 
 from bench import keys as keymat
 from bench.load import WrkResult, upload, wrk
-from bench.procs import MemorySampler, Service, children, free_port, wait_port
+from bench.procs import (
+    MemorySampler,
+    Service,
+    children,
+    free_port,
+    tree_cpu_seconds,
+    wait_port,
+)
 from gateway.client import sign_request
 from gateway.store.embedded import find_redis_server
 
@@ -77,6 +84,7 @@ class Run:
     redis_cmds_per_req: float | None = None  # INFO commandstats: every command executed
     redis_sent_per_req: float | None = None  # without those run inside the last-used script
     peak_rss_mib: float | None = None
+    cpu_us_per_req: float | None = None  # CPU time of the proxy's processes per request
     mb_s: float | None = None
     rss_growth_mib: float | None = None
     requests: int = 0
@@ -140,6 +148,7 @@ class Stack:
         self.nginx = shutil.which("nginx") or (
             "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
         self.ports: dict[str, int] = {}
+        self.baselines: dict[str, Service] = {}  # the baseline proxies, by port name
 
     def start(self, name: str, args: list[str], port: int | None = None,
               env: dict[str, str] | None = None) -> Service:
@@ -193,15 +202,17 @@ class Stack:
         location /bench/ {{ proxy_pass http://up/; }}
         location /upload/ {{ proxy_pass http://sink/; proxy_read_timeout 120s; }}
     }}""")
-            self.start("nginx-proxy", [self.nginx, "-p", str(conf.parent), "-c", str(conf),
-                                       "-e", str(conf.parent / "logs/error.log")], proxy)
+            self.baselines["nginx_proxy"] = self.start(
+                "nginx-proxy", [self.nginx, "-p", str(conf.parent), "-c", str(conf),
+                                "-e", str(conf.parent / "logs/error.log")], proxy)
         else:
             self.ports["upstream"] = sink
         naive = self.ports["naive"] = free_port()
-        self.start("naive-proxy", [sys.executable, "-m", "bench.baselines.naive_proxy",
-                                   "--port", str(naive), "--workers", str(w),
-                                   "--upstream", f"http://127.0.0.1:{self.ports['upstream']}"],
-                   naive, env=self.env())
+        self.baselines["naive"] = self.start(
+            "naive-proxy", [sys.executable, "-m", "bench.baselines.naive_proxy",
+                            "--port", str(naive), "--workers", str(w),
+                            "--upstream", f"http://127.0.0.1:{self.ports['upstream']}"],
+            naive, env=self.env())
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
@@ -315,15 +326,18 @@ class Bench:
 
     def measure(self, url: str, script: str, args: list[str], *,
                 store: redis.Redis | None = None, gateway: Service | None = None,
-                warmup_args: list[str] | None = None, warmup_extra: int = 0) -> Run:
+                warmup_args: list[str] | None = None, warmup_extra: int = 0,
+                proxy: Service | None = None) -> Run:
         """A warm-up run (not recorded; `warmup_args` when it must not spend what the measured
         run will use), then the measured run with Redis command counts and the gateway's
-        memory."""
+        memory. `proxy` (else `gateway`): whose CPU time per request is measured."""
         o = self.opts
+        proxy = proxy or gateway
         if o.warmup > 0:
             wrk(url, script, args if warmup_args is None else warmup_args,
                 duration=o.warmup + warmup_extra, threads=o.threads, connections=o.connections)
         before = redis_calls(store) if store is not None else {}
+        cpu_before = tree_cpu_seconds(proxy.pid) if proxy is not None else 0.0
         sampler = MemorySampler(gateway.pid, 0.1) if gateway is not None else None
         if sampler is not None:
             with sampler:
@@ -333,7 +347,10 @@ class Bench:
             result = wrk(url, script, args, duration=o.duration, threads=o.threads,
                          connections=o.connections)
         calls = calls_between(before, redis_calls(store)) if store is not None else None
-        return self.run_of(result, calls, sampler)
+        run = self.run_of(result, calls, sampler)
+        if proxy is not None and result.requests:
+            run.cpu_us_per_req = (tree_cpu_seconds(proxy.pid) - cpu_before) / result.requests * 1e6
+        return run
 
     @staticmethod
     def run_of(result: WrkResult, calls: dict[str, int] | None,
@@ -398,9 +415,10 @@ def setup(opts: Options, stack: Stack) -> Bench:
     if stack.nginx:
         add("nginx_proxy", "nginx proxy_pass, upstream keepalive",
             lambda: bench.measure(f"http://127.0.0.1:{stack.ports['nginx_proxy']}{GET_PATH}",
-                                  "apikey.lua", [secret]))
+                                  "apikey.lua", [secret], proxy=stack.baselines["nginx_proxy"]))
     add("naive_proxy", "naive aiohttp proxy, no auth",
-        lambda: bench.measure(f"http://127.0.0.1:{naive}{GET_PATH}", "apikey.lua", [secret]))
+        lambda: bench.measure(f"http://127.0.0.1:{naive}{GET_PATH}", "apikey.lua", [secret],
+                              proxy=stack.baselines["naive"]))
 
     def apikey_get() -> Run:
         run = bench.measure(gw_url, "apikey.lua", [secret], store=small, gateway=gw)
@@ -532,9 +550,9 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 
 def table(scenarios: list[Scenario], checks: list[Target]) -> str:
-    lines = ["| scenario | what | req/s | p50 ms | p99 ms | non-2xx | redis cmd/req "
+    lines = ["| scenario | what | req/s | p50 ms | p99 ms | CPU µs/req | non-2xx | redis cmd/req "
              "| sent/req | gw peak RSS MiB | MB/s | RSS growth MiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in scenarios:
         m = s.median()
         upload_row = m["mb_s"] is not None
@@ -544,7 +562,7 @@ def table(scenarios: list[Scenario], checks: list[Target]) -> str:
         lines.append(" | ".join([
             f"| {s.name}", s.what, "-" if upload_row else fmt(m["rps"], 0),
             "-" if upload_row else fmt(m["p50_ms"], 2),
-            "-" if upload_row else fmt(m["p99_ms"], 2), errors,
+            "-" if upload_row else fmt(m["p99_ms"], 2), fmt(m["cpu_us_per_req"], 0), errors,
             fmt(m["redis_cmds_per_req"], 4), fmt(m["redis_sent_per_req"], 4),
             fmt(m["peak_rss_mib"]), fmt(m["mb_s"]),
             fmt(m["rss_growth_mib"]) + " |"]))

@@ -65,7 +65,7 @@ import redis
 
 from bench import keys as keymat
 from bench.load import WRK_DIR, upload
-from bench.procs import Service, children, free_port, rss_kib
+from bench.procs import Service, children, cpu_seconds, free_port, rss_kib
 from bench.run import (
     GET_PATH,
     MALFORMED_KEY,
@@ -82,7 +82,6 @@ from gateway.client import sign_request
 from gateway.config import Config
 
 MIB = 2**20
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 OTHER_SCOPE = "yc.ai.translate.execute"  # held by the wrong-scope keys; the routes need SCOPE
 MARKER = "SOAK_JSON "
 DEFAULT_MIX = ("apikey=60,hmac_get=8,hmac_post=7,malformed=5,unknown=8,expired=3,scope=3,"
@@ -156,15 +155,6 @@ def median(values: list[float]) -> float | None:
 def remove(paths: list[str]) -> None:
     for path in paths:
         Path(path).unlink(missing_ok=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def cmdline(pid: int) -> str:
@@ -338,7 +328,8 @@ class Soak:
 
     def sample(self) -> None:
         sup = self.gateway.pid
-        workers, others = {}, {}
+        workers: dict[int, int] = {}
+        others: dict[int, int] = {}
         for pid in children(sup):
             line = cmdline(pid)
             (workers if "spawn_main" in line else others)[pid] = rss_kib(pid)

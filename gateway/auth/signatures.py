@@ -10,8 +10,10 @@ the two cannot drift apart; RFC 9421 Appendix B.2.5 pins both to the standard.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -73,13 +75,61 @@ def authority_of(host: str, scheme: str) -> str:
     return host[: -len(default)] if host.endswith(default) else host
 
 
-def parse(signature_input: str, signature: str) -> ParsedSignature:
-    """Parse the two fields and pick the signature the gateway checks: the first whose `keyid`
-    names a gateway HMAC key (`gwh_...`), else the first."""
-    if len(signature_input) > MAX_FIELD or len(signature) > MAX_FIELD:
-        raise _invalid("signature fields are too long")
-    if not signature_input or not signature:
-        raise _invalid("both Signature-Input and Signature are required")
+# -- parsing ------------------------------------------------------------------------------------
+#
+# Nearly every client sends the two fields in one shape: a single dictionary member, component
+# names and parameter values as plain quoted strings or integers, already in canonical form (it
+# is what signers serialise). `_parse_simple` reads exactly that shape with two regular
+# expressions, and its @signature-params line is then the text as sent; anything else (several
+# signatures, whitespace, escapes, other value types, duplicate parameters...) goes to http-sfv,
+# which stays the reference: the property tests hold the two to the same results.
+
+_KEY = r"[a-z*][a-z0-9_.*-]*"
+_STRING = r'"[\x20\x21\x23-\x5b\x5d-\x7e]*"'  # printable ASCII but `"` and `\`: no escapes
+_INTEGER = r"(?:0|-?[1-9][0-9]{0,14})"  # canonical: no leading zeros, no -0
+_SIMPLE_INPUT = re.compile(
+    rf"({_KEY})=(\(((?:{_STRING}(?: {_STRING})*)?)\)((?:;{_KEY}=(?:{_STRING}|{_INTEGER}))*))",
+    re.ASCII)
+_SIMPLE_PARAM = re.compile(rf";({_KEY})=(?:\"([^\"]*)\"|(-?[0-9]+))", re.ASCII)
+_SIMPLE_SIGNATURE = re.compile(rf"({_KEY})=:([A-Za-z0-9+/]*={{0,2}}):", re.ASCII)
+
+
+@dataclass(slots=True)
+class _Fields:
+    """The chosen signature as read from the fields, before its meaning is checked."""
+
+    label: str
+    # Each covered item: its value (a str when it is a string) and whether it had parameters.
+    items: list[tuple[object, bool]]
+    params: dict[str, object]
+    params_line: str
+    signature: bytes
+
+
+def _parse_simple(signature_input: str, signature: str) -> _Fields | None:
+    """The common shape, or None for http-sfv to read."""
+    found = _SIMPLE_INPUT.fullmatch(signature_input)
+    if found is None:
+        return None
+    label, params_line, names, param_text = found.groups()
+    sig = _SIMPLE_SIGNATURE.fullmatch(signature)
+    if sig is None or sig.group(1) != label:
+        return None
+    try:
+        value = base64.b64decode(sig.group(2), validate=True)
+    except binascii.Error:
+        return None
+    params: dict[str, object] = {}
+    for key, text, number in _SIMPLE_PARAM.findall(param_text):
+        if key in params:
+            return None  # a repeated parameter: the later one wins, and the line changes
+        params[key] = int(number) if number else text
+    items: list[tuple[object, bool]] = [(name, False) for name in names[1:-1].split('" "')] \
+        if names else []
+    return _Fields(label, items, params, params_line, value)
+
+
+def _parse_sfv(signature_input: str, signature: str) -> _Fields:
     inputs = Dictionary()
     values = Dictionary()
     try:
@@ -98,15 +148,31 @@ def parse(signature_input: str, signature: str) -> ParsedSignature:
     sig_item = values[chosen]
     if isinstance(sig_item, InnerList) or not isinstance(sig_item.value, bytes):
         raise _invalid(f"Signature {chosen!r} is not a byte sequence")
+    items = [(item.value, bool(item.params)) for item in inner]
+    return _Fields(chosen, items, dict(inner.params), str(inner), sig_item.value)
+
+
+def parse(signature_input: str, signature: str) -> ParsedSignature:
+    """Parse the two fields and pick the signature the gateway checks: the first whose `keyid`
+    names a gateway HMAC key (`gwh_...`), else the first."""
+    if len(signature_input) > MAX_FIELD or len(signature) > MAX_FIELD:
+        raise _invalid("signature fields are too long")
+    if not signature_input or not signature:
+        raise _invalid("both Signature-Input and Signature are required")
+    fields = _parse_simple(signature_input, signature) or \
+        _parse_sfv(signature_input, signature)
+    return _checked(fields)
+
+
+def _checked(fields: _Fields) -> ParsedSignature:
     components: list[str] = []
-    for item in inner:
+    for name, has_params in fields.items:
         # RFC 9421 §2: component names are sf-strings; http-sfv's Token and DisplayString are
         # str subclasses.
-        if not isinstance(item.value, str) or isinstance(item.value, Token | DisplayString):
+        if not isinstance(name, str) or isinstance(name, Token | DisplayString):
             raise _invalid("covered components must be quoted strings")
-        if item.params:
-            raise _invalid(f"component parameters are not supported ({item.value!r})")
-        name = item.value
+        if has_params:
+            raise _invalid(f"component parameters are not supported ({name!r})")
         if name != name.lower():
             raise _invalid(f"component names are lower-case ({name!r})")
         if name.startswith("@") and name not in DERIVED:
@@ -114,7 +180,7 @@ def parse(signature_input: str, signature: str) -> ParsedSignature:
         if name in components:
             raise _invalid(f"component {name!r} is listed twice")
         components.append(name)
-    params = inner.params
+    params = fields.params
     for name in params:
         if name not in ("created", "expires", "nonce", "alg", "keyid", "tag"):
             raise _invalid(f"unknown signature parameter {name!r}")
@@ -133,9 +199,10 @@ def parse(signature_input: str, signature: str) -> ParsedSignature:
         raise _invalid("the nonce parameter is required")
     if alg is not None and alg != ALGORITHM:
         raise _invalid(f"unsupported alg {alg!r}: only {ALGORITHM} is accepted")
-    return ParsedSignature(label=chosen, components=tuple(components), params_line=str(inner),
-                           signature=sig_item.value, keyid=keyid, created=created,
-                           expires=expires, nonce=nonce, alg=alg)
+    return ParsedSignature(label=fields.label, components=tuple(components),
+                           params_line=fields.params_line, signature=fields.signature,
+                           keyid=keyid, created=created, expires=expires, nonce=nonce,
+                           alg=alg)
 
 
 def required_components(*, has_query: bool, has_body: bool) -> tuple[str, ...]:
@@ -183,13 +250,14 @@ def signature_base(components: Sequence[str], params_line: str, facts: RequestFa
     lines = [f'"{name}": {component_value(name, facts)}' for name in components]
     lines.append(f'"@signature-params": {params_line}')
     # Checked line by line, before joining: a line break inside a value would forge a line.
-    if any(ord(ch) > 126 or ord(ch) < 32 for line in lines for ch in line):
+    # (For ASCII text, isprintable() is exactly 0x20-0x7E.)
+    if not all(line.isascii() and line.isprintable() for line in lines):
         raise _invalid("covered values must be printable ASCII")
     return "\n".join(lines).encode("ascii")
 
 
 def hmac_sha256(key: bytes, base: bytes) -> bytes:
-    return hmac.new(key, base, hashlib.sha256).digest()
+    return hmac.digest(key, base, "sha256")  # one call into OpenSSL, no HMAC object
 
 
 def signature_matches(parsed: ParsedSignature, facts: RequestFacts,

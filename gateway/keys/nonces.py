@@ -1,8 +1,10 @@
 """Replay protection for signed requests: each nonce is claimed once with `SET NX PX`.
 
-Claims made in the same event-loop turn share one pipelined round trip. Under load a worker
-has many signed requests waiting at the same point, and one round trip for all of them costs
-the worker (and Redis) a fraction of one each; alone, a claim still goes out at once.
+Claims made in the same event-loop turn share one round trip: one script call that sets them
+all. Under load a worker has many signed requests waiting at the same point, and one command
+for all of them costs the worker (and Redis) a fraction of one each, where a pipeline of SETs
+would still cost the client a command object and a reply to parse per nonce. Alone, a claim is
+a plain SET and still goes out at once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,16 @@ from gateway.store.client import Redis, store_errors
 NONCE = "gw:nonce:"
 MAX_BATCH = 512
 
+# KEYS: the nonce keys; ARGV: their lifetimes (ms). Answers 1 per key newly set, 0 per key
+# already there.
+_CLAIM_ALL = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('SET', key, '1', 'NX', 'PX', ARGV[i]) and 1 or 0
+end
+return out
+"""
+
 
 def nonce_key(key_id: str, nonce: str) -> str:
     digest = hashlib.sha256(nonce.encode()).hexdigest()[:32]  # bounded key length
@@ -25,6 +37,7 @@ def nonce_key(key_id: str, nonce: str) -> str:
 class ReplayGuard:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._claim_all = redis.register_script(_CLAIM_ALL)
         self._pending: list[tuple[str, int, asyncio.Future[bool]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -54,10 +67,8 @@ class ReplayGuard:
                     name, px, _ = batch[0]
                     results = [await self.redis.set(name, b"1", nx=True, px=px)]
                 else:
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for name, px, _ in batch:
-                            pipe.set(name, b"1", nx=True, px=px)
-                        results = await pipe.execute()
+                    results = await self._claim_all(keys=[name for name, _, _ in batch],
+                                                    args=[px for _, px, _ in batch])
         except Exception as exc:  # every waiter gets the store's failure, typed
             for _, _, future in batch:
                 if not future.done():

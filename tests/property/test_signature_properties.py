@@ -25,6 +25,9 @@ from gateway.auth.signatures import (
     ParsedSignature,
     RequestFacts,
     SignatureError,
+    _checked,
+    _parse_sfv,
+    _parse_simple,
     authority_of,
     check_content_digest,
     check_coverage,
@@ -392,3 +395,112 @@ def test_a_line_break_in_a_covered_value_is_refused() -> None:
         else:
             accepted.append(value)
     assert accepted == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast reading of the common shape (_parse_simple) against http-sfv (_parse_sfv)
+# ---------------------------------------------------------------------------------------------
+
+sf_strings = st.text(alphabet=PRINTABLE, max_size=12)
+param_values = st.one_of(st.integers(-10**15 + 1, 10**15 - 1), sf_strings)
+MUTATIONS = ["", " ", "  ", ";", ";created=1", ";created=01", ";x=-0", ";x=?1", ";x=tok",
+             ";x=1.5", ";x=:AAAA:", ";X=1", ", sig2=()", ",", "\t", '"', "\\", "(", ")",
+             '""', " ;", "=", ":", "*"]
+
+
+@st.composite
+def near_canonical_inputs(draw: st.DrawFn) -> tuple[str, str]:
+    """A Signature-Input and a Signature as a signer serialises them, then sometimes bent: a
+    piece inserted or removed anywhere (so both readings meet near misses of the shape)."""
+    label = draw(st.sampled_from(["sig1", "a", "*", "x-1.b_*"]))
+    names = draw(st.lists(st.one_of(derived, field_names, sf_strings), max_size=5))
+    inner = InnerList([Item(n) for n in names])
+    for key in draw(st.lists(st.sampled_from(["created", "expires", "nonce", "keyid", "alg",
+                                              "tag", "x", "*y"]), max_size=6)):
+        inner.params[key] = draw(param_values)
+    text = f"{label}={inner}"
+    encoded = base64.b64encode(draw(st.binary(max_size=40))).decode("ascii")
+    sig_label = draw(st.sampled_from([label, label, label, "other"]))
+    signature = f"{sig_label}=:{encoded}:"
+    for _ in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(0, len(text)))
+        if draw(st.booleans()):
+            text = text[:at] + draw(st.sampled_from(MUTATIONS)) + text[at:]
+        else:
+            text = text[:at] + text[at + draw(st.integers(1, 3)):]
+    if draw(st.integers(0, 9)) == 0:
+        at = draw(st.integers(0, len(signature)))
+        signature = signature[:at] + draw(st.sampled_from(["=", " ", "A", ":", "*"])) + \
+            signature[at + 1:]
+    return text, signature
+
+
+@PROPERTY
+@given(fields=near_canonical_inputs())
+def test_the_fast_reading_agrees_with_http_sfv(fields: tuple[str, str]) -> None:
+    signature_input, signature = fields
+    fast = _parse_simple(signature_input, signature)
+    if fast is None:
+        return  # http-sfv reads it (the table below shows which shapes)
+    assert fast == _parse_sfv(signature_input, signature)
+    # And so parse() gives what it gave before the fast reading existed.
+    try:
+        expected: ParsedSignature | str = _checked(_parse_sfv(signature_input, signature))
+    except SignatureError as refused:
+        expected = refused.message
+    try:
+        got: ParsedSignature | str = parse(signature_input, signature)
+    except SignatureError as refused:
+        got = refused.message
+    assert got == expected
+
+
+def test_the_property_above_meets_the_fast_reading_often() -> None:
+    """Not vacuous: over the same derandomised examples, the fast reading takes many inputs
+    and declines many (each then compared, or left to http-sfv)."""
+    taken = declined = 0
+
+    @PROPERTY
+    @given(fields=near_canonical_inputs())
+    def count(fields: tuple[str, str]) -> None:
+        nonlocal taken, declined
+        if _parse_simple(*fields) is None:
+            declined += 1
+        else:
+            taken += 1
+
+    count()
+    assert taken >= 20 and declined >= 20, (taken, declined)
+
+
+SIMPLE_OK = 'sig1=("@method" "@authority" "@path");created=1700000000;nonce="n-1";keyid="gwh_k"'
+
+
+@pytest.mark.parametrize(("signature_input", "signature"), [
+    (SIMPLE_OK + ", sig2=()", "sig1=:AAAA:"),  # two signatures
+    (" " + SIMPLE_OK, "sig1=:AAAA:"),  # surrounding whitespace
+    (SIMPLE_OK.replace('" "', '"  "'), "sig1=:AAAA:"),  # two spaces between items
+    (SIMPLE_OK.replace("@path", 'a\\"b'), "sig1=:AAAA:"),  # an escape
+    (SIMPLE_OK + ";tag=tok", "sig1=:AAAA:"),  # a token
+    (SIMPLE_OK + ";x", "sig1=:AAAA:"),  # a boolean
+    (SIMPLE_OK + ";x=1.5", "sig1=:AAAA:"),  # a decimal
+    (SIMPLE_OK.replace("1700000000", "01700000000"), "sig1=:AAAA:"),  # a leading zero
+    (SIMPLE_OK + ";created=2", "sig1=:AAAA:"),  # a repeated parameter
+    (SIMPLE_OK.replace('"@path")', '"@path";x=1)'), "sig1=:AAAA:"),  # an item parameter
+    (SIMPLE_OK, "sig2=:AAAA:"),  # labels differ
+    (SIMPLE_OK, "sig1=:AAA:"),  # bad padding
+    (SIMPLE_OK, "sig1=:AAAA:, sig2=:AAAA:"),
+    (SIMPLE_OK, 'sig1=("x")'),
+], ids=["two-members", "whitespace", "double-space", "escape", "token", "boolean", "decimal",
+        "leading-zero", "repeated-param", "item-param", "other-label", "bad-padding",
+        "two-signatures", "inner-list-signature"])
+def test_shapes_left_to_http_sfv(signature_input: str, signature: str) -> None:
+    assert _parse_simple(signature_input, signature) is None
+
+
+def test_what_sign_request_sends_takes_the_fast_reading() -> None:
+    added = sign_request("POST", "https://api.example.com/v1/x?q=1", key_id=KEY_ID,
+                         secret=SECRET, body=b"{}")
+    fast = _parse_simple(added["Signature-Input"], added["Signature"])
+    assert fast is not None
+    assert fast == _parse_sfv(added["Signature-Input"], added["Signature"])
