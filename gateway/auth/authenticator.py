@@ -23,7 +23,7 @@ from gateway.auth.credentials import (
 from gateway.auth.decide import Allow, Deny, decide, method_accepted, scope_decision
 from gateway.config import HmacConfig, RouteConfig
 from gateway.errors import ClientGone, ClientTooSlow, RequestRefused, StoreUnavailable
-from gateway.keys.cache import KeyCache
+from gateway.keys.cache import KeyCache, key_id_token
 from gateway.keys.model import Account, KeyRecord
 from gateway.keys.secrets import MasterKeyError, SecretBox
 from gateway.keys.store import KeyStore
@@ -109,14 +109,22 @@ class Authenticator:
             return await self._api_key(credential, route)
         return await self._signed(credential, request, route)
 
-    async def _decide(self, lookup: Awaitable[tuple[KeyRecord | None, Account | None]], *,
-                      method: str, route: RouteConfig, presented_hash: str | None = None,
-                      check_scopes: bool = True) -> tuple[Allow, float]:
-        """Look the key up (cache, else store) and apply the decision; refuse on Deny."""
+    async def _lookup(self, token: str, lookup: Callable[[],
+                      Awaitable[tuple[KeyRecord | None, Account | None]]]
+                      ) -> tuple[KeyRecord | None, Account | None]:
+        """The key and its account: from the cache when fresh (no await), else `lookup()`."""
+        found = self.cache.fresh(token)
+        if found is not None:
+            return found
         try:
-            key, account = await lookup
+            return await lookup()
         except StoreUnavailable:
             raise _store_down() from None
+
+    def _decide(self, key: KeyRecord | None, account: Account | None, *, method: str,
+                route: RouteConfig, presented_hash: str | None = None,
+                check_scopes: bool = True) -> tuple[Allow, float]:
+        """Apply the decision to what the lookup found; refuse on Deny."""
         now = self.clock()
         decision = decide(method=method, route=route, key=key, account=account, now=now,
                           presented_hash=presented_hash, check_scopes=check_scopes)
@@ -127,8 +135,10 @@ class Authenticator:
     async def _api_key(self, credential: ApiKeyCredential,
                        route: RouteConfig) -> Authenticated:
         secret_hash = apikey.hash_secret(credential.secret)
-        allowed, now = await self._decide(self.cache.api_key(secret_hash), method="api_key",
-                                          route=route, presented_hash=secret_hash)
+        key, account = await self._lookup(secret_hash,
+                                          lambda: self.cache.api_key(secret_hash))
+        allowed, now = self._decide(key, account, method="api_key", route=route,
+                                    presented_hash=secret_hash)
         self.usage.record(allowed.key.id, now)
         return Authenticated(identity_headers(allowed.key, allowed.account))
 
@@ -143,8 +153,10 @@ class Authenticator:
             raise RequestRefused(exc.code, exc.message) from None
 
         # Scopes wait: the signature, its time window and the nonce come first (SPEC §3).
-        decision, now = await self._decide(self.cache.key_by_id(parsed.keyid), method="hmac",
-                                           route=route, check_scopes=False)
+        key, account = await self._lookup(key_id_token(parsed.keyid),
+                                          lambda: self.cache.key_by_id(parsed.keyid))
+        decision, now = self._decide(key, account, method="hmac", route=route,
+                                     check_scopes=False)
 
         facts = signatures.RequestFacts(
             method=request.method, scheme=request.scheme,

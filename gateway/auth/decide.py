@@ -7,6 +7,7 @@ api_access -> scopes. (Credential syntax was checked before the store was asked.
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +41,12 @@ def scope_covers(granted: str, required: str) -> bool:
 def missing_scopes(granted: Iterable[str], required: Iterable[str]) -> list[str]:
     held = tuple(granted)
     return [need for need in required if not any(scope_covers(g, need) for g in held)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _missing(granted: tuple[str, ...], required: tuple[str, ...]) -> tuple[str, ...]:
+    # Keys and routes are few, requests many: each pair is worked out once per worker.
+    return tuple(missing_scopes(granted, required))
 
 
 def method_accepted(route: RouteConfig, method: str) -> Deny | None:
@@ -83,7 +90,7 @@ def decide(*, method: str, route: RouteConfig, key: KeyRecord | None, account: A
 
 
 def scope_decision(allowed: Allow, route: RouteConfig) -> Decision:
-    missing = missing_scopes(allowed.key.scopes, route.scopes)
+    missing = _missing(allowed.key.scopes, route.scopes)
     if missing:
         return Deny("insufficient_scope", "the key lacks the scopes: " + " ".join(missing))
     return allowed

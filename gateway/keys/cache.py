@@ -55,6 +55,11 @@ class CacheStats:
     stale_serves: int
 
 
+def key_id_token(key_id: str) -> str:
+    """The lookup token of an HMAC key (an API key's is its secret hash)."""
+    return "id:" + key_id
+
+
 class KeyCache:
     def __init__(self, store: KeyStore, config: KeysConfig,
                  clock: Callable[[], float] = time.monotonic, *,
@@ -77,13 +82,31 @@ class KeyCache:
 
     # -- lookups -------------------------------------------------------------------------------
 
+    def fresh(self, token: str) -> tuple[KeyRecord, Account | None] | None:
+        """The key (and its account) for a lookup token when both are cached and fresh, else
+        None: then await `api_key` or `key_by_id`. Lets the hot path skip three coroutines on
+        what is nearly every request. Tokens: `api_key_token`, `key_id_token`."""
+        entry = self._keys.get(token)
+        if entry is None:
+            return None
+        now = self.clock()
+        if now >= entry.fresh_until:
+            return None
+        key = entry.value
+        account = self._accounts.get(key.account_id)
+        if account is None or now >= account.fresh_until:
+            return None
+        self.hits += 1
+        TALLY.counter(KEY_CACHE, "hit").inc()
+        return key, account.value
+
     async def api_key(self, secret_hash: str) -> tuple[KeyRecord | None, Account | None]:
         """The key holding this API-key secret and its account; (None, None) when unknown."""
         return await self._lookup(secret_hash, lambda: self._fetch_key(secret_hash))
 
     async def key_by_id(self, key_id: str) -> tuple[KeyRecord | None, Account | None]:
         """The key with this id (an HMAC key's token) and its account."""
-        return await self._lookup("id:" + key_id, lambda: self.store.get_key(key_id))
+        return await self._lookup(key_id_token(key_id), lambda: self.store.get_key(key_id))
 
     async def _lookup(self, token: str, fetch: Callable[[], Awaitable[KeyRecord | None]]
                       ) -> tuple[KeyRecord | None, Account | None]:

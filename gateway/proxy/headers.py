@@ -8,8 +8,8 @@ credential goes, every `X-Auth-*` goes (the gateway alone speaks for the identit
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
-import secrets
 from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -32,11 +32,39 @@ _DROP_INBOUND = HOP_BY_HOP | CREDENTIAL_HEADERS | _REWRITTEN
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._~+/=:@-]{1,128}")
 
 
+class _RequestIds:
+    """Fresh request ids: 16 random bytes as hex, as `secrets.token_hex(16)` gives, but read
+    from the OS 256 at a time (one getrandom call per request was a measurable share of the
+    hot path). A forked child starts with an empty pool, never its parent's."""
+
+    HEX_PER_ID = 32
+    IDS_PER_READ = 256
+
+    def __init__(self) -> None:
+        self._pool = ""
+        self._at = 0
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self._pool, self._at = "", 0
+
+    def next(self) -> str:
+        at = self._at
+        if at >= len(self._pool):
+            self._pool = os.urandom(self.HEX_PER_ID // 2 * self.IDS_PER_READ).hex()
+            at = 0
+        self._at = at + self.HEX_PER_ID
+        return self._pool[at:at + self.HEX_PER_ID]
+
+
+_REQUEST_IDS = _RequestIds()
+
+
 def request_id_from(client_value: str | None) -> str:
     """The client's X-Request-Id when it is a sane token, else a fresh one."""
     if client_value is not None and _SANE_REQUEST_ID.fullmatch(client_value):
         return client_value
-    return secrets.token_hex(16)
+    return _REQUEST_IDS.next()
 
 
 def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:

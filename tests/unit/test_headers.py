@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Mapping
 
@@ -423,3 +424,23 @@ def test_is_trusted(peer: str | None, networks: list[IPNetwork], expected: bool)
 
 def test_is_trusted_ipv4_mapped_peer() -> None:
     assert is_trusted("::ffff:10.0.0.1", _nets("10.0.0.0/8")) is True
+
+
+def test_request_id_fresh_ids_differ_across_pool_refills_and_forks() -> None:
+    # Three refills of the pool of random bytes the ids are cut from: none repeats, none is
+    # cut short at a refill.
+    ids = [request_id_from(None) for _ in range(3 * 256 + 7)]
+    assert len(set(ids)) == len(ids)
+    assert all(FRESH_ID.fullmatch(i) for i in ids)
+    # A forked child must not hand out the ids its parent's pool still holds.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: writes its next id and leaves at once
+        os.write(write, request_id_from(None).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 64).decode()
+    os.close(read)
+    assert FRESH_ID.fullmatch(child_id)
+    assert child_id != request_id_from(None)
