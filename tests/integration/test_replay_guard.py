@@ -5,6 +5,8 @@ every waiter with StoreUnavailable, none of them left hanging."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -12,6 +14,16 @@ from gateway.errors import StoreUnavailable
 from gateway.keys.nonces import ReplayGuard
 from gateway.store.client import connect
 from tests.support.redis_server import RedisServer
+
+
+@asynccontextmanager
+async def guard_on(server: RedisServer, store_timeout: float) -> AsyncIterator[ReplayGuard]:
+    # Closed even when the test fails: a client left open makes the loop's close hang.
+    redis = connect(server.url, store_timeout)
+    try:
+        yield ReplayGuard(redis)
+    finally:
+        await redis.aclose()
 
 
 async def test_concurrent_claims_give_one_winner_per_nonce(redis_clean: RedisServer) -> None:
@@ -62,3 +74,39 @@ async def test_a_store_that_is_down_fails_every_waiter(own_redis: RedisServer) -
     with pytest.raises(StoreUnavailable):
         await guard.claim("key1", "alone", 60)
     await redis.aclose()
+
+
+async def test_claims_made_while_a_batch_is_out_go_together_in_the_next(
+        redis_clean: RedisServer) -> None:
+    async with guard_on(redis_clean, 5.0) as guard:
+        assert await asyncio.gather(guard.claim("k", "warm-1", 60), guard.claim("k", "warm-2", 60))
+        with redis_clean.client() as direct:
+            direct.execute_command("CLIENT", "PAUSE", "300", "WRITE")  # holds the first batch
+            first = asyncio.ensure_future(guard.claim("k", "first", 60))
+            await asyncio.sleep(0.05)  # it is out, waiting on Redis
+            before = redis_clean.command_stats()
+            later = []
+            for i in range(40):  # one per loop turn: without the rule, 40 round trips
+                later.append(asyncio.ensure_future(guard.claim("k", f"later-{i}", 60)))
+                await asyncio.sleep(0)
+            results = await asyncio.gather(first, *later)
+        assert results == [True] * 41
+        after = redis_clean.command_stats()
+        assert after.get("evalsha", 0) - before.get("evalsha", 0) == 1  # the 40, together
+        assert after.get("set", 0) - before.get("set", 0) == 41
+
+
+async def test_claims_queued_behind_a_failing_batch_fail_with_it(own_redis: RedisServer) -> None:
+    async with guard_on(own_redis, 0.5) as guard:
+        assert await guard.claim("k", "before", 60)
+        with own_redis.client() as direct:
+            direct.execute_command("CLIENT", "PAUSE", "3000", "WRITE")  # past the 0.5 s timeout
+            first = asyncio.ensure_future(guard.claim("k", "first", 60))
+            await asyncio.sleep(0.05)
+            queued = [asyncio.ensure_future(guard.claim("k", f"q{i}", 60)) for i in range(5)]
+            results = await asyncio.gather(first, *queued, return_exceptions=True)
+            direct.execute_command("CLIENT", "UNPAUSE")
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        # The very failure of the batch that was out: the queued claims were not sent on their
+        # own to wait out a second timeout.
+        assert all(r is results[0] for r in results)
