@@ -546,9 +546,11 @@ class ProxyConnection(asyncio.Protocol):
     def _update_reading(self) -> None:
         self._set_reading(not (self._paused_body or self._paused_pipeline or self._closing))
 
-    def _set_reading(self, reading: bool) -> None:
-        if self.transport is None or self._lost or reading != self._reading_paused:
+    def _set_reading(self, reading: bool, *, force: bool = False) -> None:
+        if self.transport is None or self._lost:
             return
+        if reading != self._reading_paused and not force:
+            return  # already so
         self._reading_paused = not reading
         if reading:
             self.transport.resume_reading()
@@ -568,17 +570,7 @@ class ProxyConnection(asyncio.Protocol):
         self._lingering = LINGER_BYTES
         transport.write_eof()
         self.deadline = self.server.now() + LINGER_TIMEOUT
-        self._reading_paused = True  # make the next call resume, whatever was recorded
-        self._set_reading_now(True)
-
-    def _set_reading_now(self, reading: bool) -> None:
-        if self.transport is None or self._lost:
-            return
-        self._reading_paused = not reading
-        if reading:
-            self.transport.resume_reading()
-        else:
-            self.transport.pause_reading()
+        self._set_reading(True, force=True)  # whatever was recorded: the input must drain
 
     def _close(self) -> None:
         self._closing = True
