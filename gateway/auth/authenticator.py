@@ -23,7 +23,7 @@ from gateway.auth.credentials import (
 from gateway.auth.decide import Allow, Deny, decide, method_accepted, scope_decision
 from gateway.config import HmacConfig, RouteConfig
 from gateway.errors import ClientGone, ClientTooSlow, RequestRefused, StoreUnavailable
-from gateway.keys.cache import KeyCache, key_id_token
+from gateway.keys.cache import KeyCache
 from gateway.keys.model import Account, KeyRecord
 from gateway.keys.secrets import MasterKeyError, SecretBox
 from gateway.keys.store import KeyStore
@@ -109,15 +109,11 @@ class Authenticator:
             return await self._api_key(credential, route)
         return await self._signed(credential, request, route)
 
-    async def _lookup(self, token: str, lookup: Callable[[],
-                      Awaitable[tuple[KeyRecord | None, Account | None]]]
+    async def _loaded(self, lookup: Awaitable[tuple[KeyRecord | None, Account | None]]
                       ) -> tuple[KeyRecord | None, Account | None]:
-        """The key and its account: from the cache when fresh (no await), else `lookup()`."""
-        found = self.cache.fresh(token)
-        if found is not None:
-            return found
+        """A lookup the cache could not answer at once; 503 when the store is down."""
         try:
-            return await lookup()
+            return await lookup
         except StoreUnavailable:
             raise _store_down() from None
 
@@ -135,8 +131,8 @@ class Authenticator:
     async def _api_key(self, credential: ApiKeyCredential,
                        route: RouteConfig) -> Authenticated:
         secret_hash = apikey.hash_secret(credential.secret)
-        key, account = await self._lookup(secret_hash,
-                                          lambda: self.cache.api_key(secret_hash))
+        key, account = (self.cache.api_key_now(secret_hash)
+                        or await self._loaded(self.cache.api_key(secret_hash)))
         allowed, now = self._decide(key, account, method="api_key", route=route,
                                     presented_hash=secret_hash)
         self.usage.record(allowed.key.id, now)
@@ -153,8 +149,8 @@ class Authenticator:
             raise RequestRefused(exc.code, exc.message) from None
 
         # Scopes wait: the signature, its time window and the nonce come first (SPEC §3).
-        key, account = await self._lookup(key_id_token(parsed.keyid),
-                                          lambda: self.cache.key_by_id(parsed.keyid))
+        key, account = (self.cache.key_by_id_now(parsed.keyid)
+                        or await self._loaded(self.cache.key_by_id(parsed.keyid)))
         decision, now = self._decide(key, account, method="hmac", route=route,
                                      check_scopes=False)
 

@@ -250,3 +250,35 @@ async def test_two_gateway_processes_see_a_deletion_within_a_second(tmp_path, re
     finally:
         for gateway in gateways:
             assert gateway.stop() == 0, gateway.log()
+
+
+async def test_the_no_await_reads_answer_only_when_key_and_account_are_fresh(
+        redis_clean, key_service) -> None:
+    from gateway.config import KeysConfig
+    from gateway.store.client import connect
+
+    key, secret, account = await new_key(key_service, (VISION,))
+    now = [1000.0]
+    redis = connect(redis_clean.url, 1.0)
+    try:
+        cache = KeyCache(KeyStore(redis), KeysConfig(), clock=lambda: now[0])
+        token = hash_secret(secret)
+        assert cache.api_key_now(token) is None  # nothing cached yet
+        assert cache.key_by_id_now(key.id) is None
+        looked_up = await cache.api_key(token)
+        assert looked_up[0] is not None and looked_up[0].id == key.id
+        assert cache.api_key_now(token) == looked_up
+        assert cache.key_by_id_now(key.id) is None  # cached under its secret only
+        await cache.key_by_id(key.id)
+        assert cache.key_by_id_now(key.id) == looked_up
+        cache.invalidate_account(account.id)  # the key is still cached, its account is not
+        assert cache.api_key_now(token) is None
+        await cache.api_key(token)
+        assert cache.api_key_now(token) == looked_up
+        now[0] += KeysConfig().cache_ttl  # both stale
+        assert cache.api_key_now(token) is None
+        assert cache.key_by_id_now(key.id) is None
+        cache.drop_all()
+        assert cache.api_key_now(token) is None
+    finally:
+        await redis.aclose()
