@@ -58,12 +58,12 @@ return 1
 """
 
 
-def _ms(timestamp: float) -> int:
+def ms(timestamp: float) -> int:
     return int(timestamp * 1000)
 
 
 def index_member(created_at: float, ident: str) -> str:
-    return f"{_ms(created_at):013d}:{ident}"
+    return f"{ms(created_at):013d}:{ident}"
 
 
 def is_cursor(cursor: str) -> bool:
@@ -136,7 +136,7 @@ class KeyStore:
                 if new.previous_hash and new.previous_until is not None:
                     # The old secret's pointer disappears by itself when its grace ends.
                     pipe.set(SECRET + new.previous_hash, new.id,
-                             pxat=max(_ms(new.previous_until), 1))
+                             pxat=max(ms(new.previous_until), 1))
                 await pipe.execute()
         await self.publish("key", new.id)
 
