@@ -67,7 +67,7 @@ def _worker_main(config: Config, conn: multiprocessing.connection.Connection,
 
 
 async def _worker(config: Config, conn: multiprocessing.connection.Connection) -> None:
-    from gateway.server import serve  # in the worker only: imports prometheus-client
+    from gateway.server import serve, settle_heap  # in the worker only: imports prometheus
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -85,6 +85,7 @@ async def _worker(config: Config, conn: multiprocessing.connection.Connection) -
                 log.info("config %s applied", payload.digest)
 
         loop.add_reader(conn.fileno(), on_message)
+        settle_heap()
         conn.send(("ready", os.getpid()))
         await stop.wait()
         loop.remove_reader(conn.fileno())
