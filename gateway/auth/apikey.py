@@ -20,12 +20,13 @@ _BASE62_SET = frozenset(BASE62)
 
 
 def _checksum(random_part: str) -> str:
+    # Six base-62 digits of the CRC32, most significant first (a CRC32 is below 62**6);
+    # written out rather than looped: this runs on every request that carries an API key.
     value = zlib.crc32(random_part.encode("ascii"))
-    digits = []
-    for _ in range(CHECKSUM_LENGTH):
-        value, digit = divmod(value, 62)
-        digits.append(BASE62[digit])
-    return "".join(reversed(digits))
+    digits = BASE62
+    return (digits[value // 916_132_832 % 62] + digits[value // 14_776_336 % 62]
+            + digits[value // 238_328 % 62] + digits[value // 3_844 % 62]
+            + digits[value // 62 % 62] + digits[value % 62])
 
 
 def new_secret() -> str:

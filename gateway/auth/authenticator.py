@@ -47,7 +47,7 @@ def identity_headers(key: KeyRecord, account: Account) -> dict[str, str]:
     }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a call per field, per request
 class Authenticated:
     identity: dict[str, str]
     body: bytes | None = None  # a signed request's body, read to check its digest
@@ -81,14 +81,16 @@ class Authenticator:
         self._opened: dict[str, bytes] = {}  # sealed secret -> HMAC key bytes
 
     async def authenticate(self, request: Exchange, route: RouteConfig) -> Authenticated:
-        # Named by what the request tried, so a malformed key still counts as an API key.
         headers = request.headers
-        method = ("api_key" if "Authorization" in headers else
-                  "hmac" if "Signature" in headers or "Signature-Input" in headers else "none")
         try:
             credential = credential_from(headers)
-            if credential is not None:
-                method = credential.method
+        except RequestRefused as refused:
+            # Named by what the request tried, so a malformed key still counts as an API key.
+            method = "api_key" if "Authorization" in headers else "hmac"
+            TALLY.counter(AUTH_RESULTS, method, refused.code).inc()
+            raise
+        method = credential.method if credential is not None else "none"
+        try:
             result = await self._authenticate(credential, request, route)
         except RequestRefused as refused:
             TALLY.counter(AUTH_RESULTS, method, refused.code).inc()

@@ -16,7 +16,7 @@ from gateway.config import RouteConfig
 from gateway.keys.model import Account, KeyRecord
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a call per field, per request
 class Allow:
     key: KeyRecord
     account: Account

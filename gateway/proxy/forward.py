@@ -31,7 +31,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a call per field, per request
 class UpstreamRequest:
     route: RouteConfig
     origin: Origin

@@ -26,7 +26,7 @@ from gateway.observability.tally import TALLY
 from gateway.proxy.forward import UpstreamRequest, forward
 from gateway.proxy.headers import is_trusted, request_id_from, upstream_request_headers
 from gateway.proxy.listener import Exchange
-from gateway.proxy.routing import RouteTable, parse_target
+from gateway.proxy.routing import RouteTable
 from gateway.proxy.upstream import Origin, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,7 @@ class ProxyHandler:
         upstream_seconds: float | None = None
         try:
             try:
-                target = parse_target(exchange.raw_path)
-                match = state.routes.match(target)
+                match, query = state.routes.resolve(exchange.raw_path)
                 route = match.route
                 route_name = route.name
                 body = None
@@ -116,8 +115,8 @@ class ProxyHandler:
                 )
                 address = state.upstreams[route.name]
                 target_text = match.upstream_path
-                if target.query:
-                    target_text += "?" + target.query
+                if query:
+                    target_text += "?" + query
                 upstream = UpstreamRequest(route=route, origin=address.origin,
                                            host=address.host, method=exchange.method,
                                            target=target_text, headers=headers,

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.config import RouteConfig
 from gateway.errors import RequestRefused
-from gateway.proxy.routing import RouteTable, normalise_path, parse_target
+from gateway.proxy.routing import MAX_RESOLVED, RouteTable, normalise_path, parse_target
 
 # ---------------------------------------------------------------------------------------------
 # normalise_path
@@ -408,3 +408,50 @@ def test_empty_table_has_no_route() -> None:
     with pytest.raises(RequestRefused) as info:
         RouteTable([]).match(parse_target("/"))
     assert info.value.code == "no_route"
+
+
+# RouteTable.resolve: match(parse_target(...)) remembered per raw path
+
+_RESOLVE_CASES = [
+    "/vision/recognize", "/vision/v2/ocr?a=1", "//vision//x?b=%20", "/vi%73ion/x",
+    "/functions/run/fn1?x=1&y=2", "/translate", "/vision/a/../b?q",
+    # refused ones: the same answer on every call, never remembered
+    "/vision/../functions/x", "/other", "/vision%2Fx", "vision", "/vision#x", "/vision?a=b c",
+    "/vision?a=1#frag", "/vision/" + "x" * 8200,
+]
+
+
+def _outcome(call):  # type: ignore[no-untyped-def]
+    try:
+        return call()
+    except RequestRefused as refused:
+        return (refused.code, refused.status)
+
+
+@pytest.mark.parametrize("raw", _RESOLVE_CASES)
+def test_resolve_answers_as_match_of_parse_target(raw: str) -> None:
+    table = RouteTable(ROUTES)
+
+    def reference() -> object:
+        target = parse_target(raw)
+        return table.match(target), target.query
+
+    expected = _outcome(reference)
+    assert _outcome(lambda: table.resolve(raw)) == expected
+    assert _outcome(lambda: table.resolve(raw)) == expected  # the remembered answer
+
+
+def test_resolve_checks_the_query_of_a_remembered_path() -> None:
+    table = RouteTable(ROUTES)
+    assert table.resolve("/vision/x?a=1")[1] == "a=1"
+    for bad in ("/vision/x?a=b c", "/vision/x?a=1#f", "/vision/x?a=\x00"):
+        with pytest.raises(RequestRefused):
+            table.resolve(bad)
+    assert table.resolve("/vision/x")[1] == ""
+
+
+def test_resolve_memo_is_bounded() -> None:
+    table = RouteTable(ROUTES)
+    for index in range(MAX_RESOLVED + 10):
+        assert table.resolve(f"/vision/{index}")[0].upstream_path == f"/vision/{index}"
+    assert len(table._resolved) <= MAX_RESOLVED
