@@ -188,9 +188,10 @@ def _checked(fields: _Fields) -> ParsedSignature:
             raise _invalid(f"unknown signature parameter {name!r}")
     keyid, created, nonce = params.get("keyid"), params.get("created"), params.get("nonce")
     expires, alg = params.get("expires"), params.get("alg")
-    for name in ("keyid", "nonce", "alg", "tag"):
-        if isinstance(params.get(name), _SFV_NOT_STRING):
-            raise _invalid(f"the {name} parameter must be a quoted string")
+    if names_text is None:  # read by http-sfv: its Token and DisplayString are str too
+        for name in ("keyid", "nonce", "alg", "tag"):
+            if isinstance(params.get(name), _SFV_NOT_STRING):
+                raise _invalid(f"the {name} parameter must be a quoted string")
     if not isinstance(keyid, str) or not keyid:
         raise _invalid("the keyid parameter is required")
     if not isinstance(created, int) or isinstance(created, bool):

@@ -70,7 +70,8 @@ async def forward(pool: UpstreamPool, exchange: Exchange, upstream: UpstreamRequ
             upstream, "Content-Length: 0\r\n" if exchange.content_length == 0 else "")
 
     for attempt in (1, 2):
-        conn = await _acquire(pool, upstream)
+        # An idle pooled connection is taken without a coroutine; else wait for one.
+        conn = pool.take_idle(upstream.origin) or await _acquire(pool, upstream)
         conn.begin(head_request=upstream.method == "HEAD")
         sender: asyncio.Task[None] | None = None
         try:

@@ -305,8 +305,11 @@ class UpstreamPool:
     def open_count(self) -> int:
         return sum(len(c) for c in self._open.values())
 
-    async def acquire(self, origin: Origin, connect_timeout: float) -> UpstreamConnection:
+    def take_idle(self, origin: Origin) -> UpstreamConnection | None:
+        """The most recently used idle connection still fit for use, without waiting."""
         idle = self._idle.get(origin)
+        if not idle:
+            return None
         now = time.monotonic()
         while idle:
             conn = idle.pop()
@@ -314,6 +317,13 @@ class UpstreamPool:
                 conn.reused = True
                 return conn
             conn.close()
+        return None
+
+    async def acquire(self, origin: Origin, connect_timeout: float) -> UpstreamConnection:
+        conn = self.take_idle(origin)
+        if conn is not None:
+            return conn
+        now = time.monotonic()
         deadline = now + connect_timeout
         opened = self._open.setdefault(origin, set())
         while len(opened) + self._connecting.get(origin, 0) >= self.limit:

@@ -670,3 +670,34 @@ def test_signature_matches_uses_every_key() -> None:
     assert not sig.signature_matches(parsed, f, [b"secret-1"])
     assert not sig.signature_matches(parsed, f, [])
     assert not sig.signature_matches(replace(parsed, signature=good[:-1]), f, [b"secret-2"])
+
+
+# The component lists of the common shape are checked once per distinct list.
+
+_SIG = "sig1=:" + base64.b64encode(b"x" * 32).decode() + ":"
+
+
+def _input(names: str) -> str:
+    return f'sig1=({names});created=1;nonce="n";keyid="gwh_k"'
+
+
+@pytest.mark.parametrize("names", [
+    '"@method" "@Path"', '"@method" "@bogus"', '"@method" "@method"',
+])
+def test_a_refused_component_list_stays_refused(names: str) -> None:
+    for _ in range(3):  # never remembered as checked
+        with pytest.raises(SignatureError):
+            sig.parse(_input(names), _SIG)
+    assert names not in sig._COMPONENTS_SEEN
+
+
+def test_a_remembered_component_list_answers_as_the_first_reading() -> None:
+    first = sig.parse(_input('"@method" "@authority" "content-type"'), _SIG)
+    again = sig.parse(_input('"@method" "@authority" "content-type"'), _SIG)
+    assert first.components == again.components == ("@method", "@authority", "content-type")
+
+
+def test_the_component_memo_is_bounded() -> None:
+    for index in range(sig.MAX_COMPONENTS_SEEN + 5):
+        sig.parse(_input(f'"@method" "x-field-{index}"'), _SIG)
+    assert len(sig._COMPONENTS_SEEN) <= sig.MAX_COMPONENTS_SEEN
