@@ -87,6 +87,19 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def workers_of(pid: int) -> list[int]:
+    """The gateway's worker processes: its children but multiprocessing's resource tracker."""
+    out = []
+    for child in children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"resource_tracker" not in command:
+            out.append(child)
+    return out
+
+
 def tree(pid: int) -> list[int]:
     out = [pid]
     for child in children(pid):

@@ -36,10 +36,10 @@ from bench.load import WrkResult, upload, wrk
 from bench.procs import (
     MemorySampler,
     Service,
-    children,
     free_port,
     tree_cpu_seconds,
     wait_port,
+    workers_of,
 )
 from gateway.client import sign_request
 from gateway.store.embedded import find_redis_server
@@ -307,7 +307,7 @@ class Bench:
         assert self.profile_target is not None
         gateway, url, secret = self.profile_target
         spy = shutil.which("py-spy") or str(VENV_BIN / "py-spy")
-        workers = children(gateway.pid)
+        workers = workers_of(gateway.pid)
         seconds = str(max(1, self.opts.duration))
         outputs, spies = [], []
         for pid, fmt_ in zip(workers, ("flamegraph", "raw"), strict=False):
