@@ -39,6 +39,7 @@ from gateway.tasks import stop_task
 log = logging.getLogger(__name__)
 GC_YOUNG_THRESHOLD = 20_000
 
+
 @dataclass(frozen=True, slots=True)
 class RunningGateway:
     proxy_port: int

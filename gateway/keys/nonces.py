@@ -45,14 +45,14 @@ class ReplayGuard:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._claim_all = redis.register_script(_CLAIM_ALL)
-        self._pending: list[tuple[bytes, bytes, asyncio.Future[bool]]] = []
+        self._pending: list[tuple[bytes, int, asyncio.Future[bool]]] = []
         self._in_flight: asyncio.Task[None] | None = None
 
     async def claim(self, key_id: str, nonce: str, ttl: float) -> bool:
         """True when the nonce was unused (and is now taken for `ttl` seconds)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        self._pending.append((nonce_key(key_id, nonce), b"%d" % max(int(ttl * 1000), 1), future))
+        self._pending.append((nonce_key(key_id, nonce), max(int(ttl * 1000), 1), future))
         if len(self._pending) == 1 and self._in_flight is None:
             loop.call_soon(self._send)  # the others made in this loop turn join it
         return await future
@@ -68,12 +68,12 @@ class ReplayGuard:
         self._in_flight = None
         self._send()  # what queued up meanwhile
 
-    async def _claim(self, batch: list[tuple[bytes, bytes, asyncio.Future[bool]]]) -> None:
+    async def _claim(self, batch: list[tuple[bytes, int, asyncio.Future[bool]]]) -> None:
         try:
             with store_errors():
                 if len(batch) == 1:
                     name, px, _ = batch[0]
-                    results = [await self.redis.set(name, b"1", nx=True, px=int(px))]
+                    results = [await self.redis.set(name, b"1", nx=True, px=px)]
                 else:
                     results = await self._claim_all(keys=[name for name, _, _ in batch],
                                                     args=[px for _, px, _ in batch])

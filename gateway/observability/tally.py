@@ -99,10 +99,6 @@ class Tally:
         assert isinstance(found, BatchedHistogram)
         return found
 
-    def keeps(self, metric: Counter | Histogram, *labels: str) -> bool:
-        """Whether this series is kept (and flushed) here, so a caller may hold on to it."""
-        return (metric, *labels) in self._series
-
     @staticmethod
     def flush_one(item: BatchedCounter | BatchedHistogram) -> None:
         # Called before the caller adds to it: flush right after, in the same loop turn.

@@ -22,7 +22,7 @@ from gateway.observability.metrics import (
     UPSTREAM_DURATION,
     method_label,
 )
-from gateway.observability.tally import TALLY, BatchedCounter, BatchedHistogram
+from gateway.observability.tally import TALLY
 from gateway.proxy.forward import UpstreamRequest, forward
 from gateway.proxy.headers import is_trusted, request_id_from, upstream_request_headers
 from gateway.proxy.listener import Exchange
@@ -31,8 +31,6 @@ from gateway.proxy.upstream import Origin, UpstreamPool
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499
-MAX_SERIES_KEPT = 1024
-_Series = tuple[BatchedCounter, BatchedHistogram, BatchedHistogram]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +76,6 @@ class ProxyHandler:
         self.pool = pool
         self.authenticator = authenticator
         self.access_log = access_log or AccessLog(enabled=False)
-        # The tally's series a request adds to, found once per (route, method, status).
-        self._series: dict[tuple[str, str, int], _Series] = {}
 
     def reload(self, config: Config) -> None:
         """Requests already running keep the state they took; new ones get this one."""
@@ -163,18 +159,6 @@ class ProxyHandler:
             raise
         return authenticated.identity, authenticated.body
 
-    def _series_of(self, route_name: str, method: str, status: int) -> _Series:
-        labels = (route_name, method_label(method), str(status))
-        series = (TALLY.counter(REQUESTS, *labels), TALLY.histogram(REQUEST_DURATION, route_name),
-                  TALLY.histogram(UPSTREAM_DURATION, route_name))
-        if TALLY.keeps(REQUESTS, *labels) and TALLY.keeps(REQUEST_DURATION, route_name) \
-                and TALLY.keeps(UPSTREAM_DURATION, route_name):
-            # Else the tally is full and writes these through: they must not be held here.
-            if len(self._series) >= MAX_SERIES_KEPT:
-                self._series.clear()  # methods are free text: odd ones must not grow this
-            self._series[(route_name, method, status)] = series
-        return series
-
     def _account(self, request: Exchange, request_id: str, route_name: str, outcome: str,
                  identity: dict[str, str] | None, seconds: float,
                  upstream_seconds: float | None) -> None:
@@ -182,13 +166,10 @@ class ProxyHandler:
         status = request.status if request.started else CLIENT_CLOSED
         if not request.started:
             outcome = "client_closed"
-        series = self._series.get((route_name, request.method, status))
-        if series is None:
-            series = self._series_of(route_name, request.method, status)
-        series[0].inc()
-        series[1].observe(seconds)
+        TALLY.counter(REQUESTS, route_name, method_label(request.method), str(status)).inc()
+        TALLY.histogram(REQUEST_DURATION, route_name).observe(seconds)
         if upstream_seconds is not None:
-            series[2].observe(upstream_seconds)
+            TALLY.histogram(UPSTREAM_DURATION, route_name).observe(upstream_seconds)
         if not self.access_log.enabled:
             return
         sent = request.bytes_sent

@@ -108,22 +108,24 @@ def normalise_path(raw_path: str) -> tuple[str, int | None]:
     return path, lowest_pop
 
 
-def parse_target(raw_target: str) -> Target:
-    """Split an origin-form request target into its normalised path and its query."""
+def split_target(raw_target: str) -> tuple[str, str]:
+    """The raw path and the query of an origin-form target, once the target as a whole (its
+    length, a fragment, the query's characters) is acceptable."""
     if len(raw_target) > MAX_TARGET_LENGTH:
         raise _refuse("the request target is too long")
     raw_path, sep, query = raw_target.partition("?")
     if "#" in raw_target:
         raise _refuse("the request target contains a fragment")
-    if sep:
-        check_query(query)
+    if sep and not _QUERY_CHARS.issuperset(query):
+        raise _refuse("the query contains a character that is not allowed in a URL")
+    return raw_path, query
+
+
+def parse_target(raw_target: str) -> Target:
+    """Split an origin-form request target into its normalised path and its query."""
+    raw_path, query = split_target(raw_target)
     path, lowest_pop = normalise_path(raw_path)
     return Target(path=path, query=query, lowest_pop=lowest_pop)
-
-
-def check_query(query: str) -> None:
-    if not _QUERY_CHARS.issuperset(query):
-        raise _refuse("the query contains a character that is not allowed in a URL")
 
 
 def _depth(prefix: str) -> int:
@@ -151,19 +153,14 @@ class RouteTable:
         again, and normalising and matching them was a tenth of a proxied request's Python
         time; the table is rebuilt with the routes on every reload, so a memo never outlives
         the routes it was made from. Refusals are not remembered."""
-        if len(raw_target) > MAX_TARGET_LENGTH:
-            raise _refuse("the request target is too long")
-        raw_path, sep, query = raw_target.partition("?")
+        raw_path, query = split_target(raw_target)
         found = self._resolved.get(raw_path)
         if found is None:
-            found = self.match(parse_target(raw_path))
+            path, lowest_pop = normalise_path(raw_path)
+            found = self.match(Target(path=path, query=query, lowest_pop=lowest_pop))
             if len(self._resolved) >= MAX_RESOLVED:
                 self._resolved.clear()  # a flood of distinct paths costs a miss, not memory
             self._resolved[raw_path] = found
-        if sep:
-            if "#" in query:
-                raise _refuse("the request target contains a fragment")
-            check_query(query)
         return found, query
 
     def match(self, target: Target) -> Match:

@@ -67,16 +67,3 @@ def test_the_same_labels_give_the_same_series() -> None:
     tally = Tally()
     assert tally.counter(batched, "a") is tally.counter(batched, "a")  # type: ignore[arg-type]
     assert tally.counter(batched, "a") is not tally.counter(batched, "b")  # type: ignore[arg-type]
-
-
-def test_keeps_tells_which_series_a_caller_may_hold(monkeypatch: pytest.MonkeyPatch) -> None:
-    _, _, _, batched = _pair(Counter, "route")
-    tally = Tally()
-    assert not tally.keeps(batched, "a")  # type: ignore[arg-type]
-    tally.counter(batched, "a")  # type: ignore[arg-type]
-    assert tally.keeps(batched, "a")  # type: ignore[arg-type]
-    monkeypatch.setattr("gateway.observability.tally.MAX_SERIES", 1)
-    # A full tally hands out a series it does not keep (written through on its own).
-    monkeypatch.setattr(Tally, "flush_one", staticmethod(lambda item: None))
-    tally.counter(batched, "b")  # type: ignore[arg-type]
-    assert not tally.keeps(batched, "b")  # type: ignore[arg-type]
