@@ -68,6 +68,7 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
     async with AsyncExitStack() as stack:
         redis, redis_url = await stack.enter_async_context(open_redis(config))
         store = KeyStore(redis)
+        stack.callback(store.close)
         secret_box = await _secret_box(config, store)
 
         cache = KeyCache(store, config.keys)

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from http_sfv.dictionary import Dictionary
 from http_sfv.item import InnerList
@@ -55,7 +55,7 @@ class RequestFacts:
     headers: CIMultiDictProxy[str] | Mapping[str, str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a call per field, per request
 class ParsedSignature:
     label: str
     components: tuple[str, ...]
@@ -100,13 +100,20 @@ class _Fields:
 
     label: str
     # Each covered item: its value (a str when it is a string) and whether it had parameters.
-    items: list[tuple[object, bool]]
+    # None when read by _parse_simple: `names_text` holds them, and is all their checks need.
+    items: list[tuple[object, bool]] | None
     params: dict[str, object]
     params_line: str
     signature: bytes
     # The component list as sent, when read by _parse_simple: plain strings without parameters,
     # so their checks depend on this text alone and are remembered by it.
-    names_text: str | None = field(default=None, compare=False)
+    names_text: str | None = None
+
+    def covered(self) -> list[tuple[object, bool]]:
+        if self.items is not None:
+            return self.items
+        names = self.names_text
+        return [(name, False) for name in names[1:-1].split('" "')] if names else []
 
 
 def _parse_simple(signature_input: str, signature: str) -> _Fields | None:
@@ -116,10 +123,15 @@ def _parse_simple(signature_input: str, signature: str) -> _Fields | None:
         return None
     label, params_line, names, param_text = found.groups()
     sig = _SIMPLE_SIGNATURE.fullmatch(signature)
-    if sig is None or sig.group(1) != label:
+    if sig is None:
+        return None
+    sig_label, encoded = sig.groups()
+    if sig_label != label:
         return None
     try:
-        value = base64.b64decode(sig.group(2), validate=True)
+        # The pattern admitted only the base64 alphabet and trailing padding: what
+        # b64decode(validate=True) checks before this same call.
+        value = binascii.a2b_base64(encoded)
     except binascii.Error:
         return None
     params: dict[str, object] = {}
@@ -127,9 +139,7 @@ def _parse_simple(signature_input: str, signature: str) -> _Fields | None:
         if key in params:
             return None  # a repeated parameter: the later one wins, and the line changes
         params[key] = int(number) if number else text
-    items: list[tuple[object, bool]] = [(name, False) for name in names[1:-1].split('" "')] \
-        if names else []
-    return _Fields(label, items, params, params_line, value, names)
+    return _Fields(label, None, params, params_line, value, names)
 
 
 def _parse_sfv(signature_input: str, signature: str) -> _Fields:
@@ -175,7 +185,7 @@ MAX_COMPONENTS_SEEN = 256
 def _checked(fields: _Fields) -> ParsedSignature:
     names_text = fields.names_text
     known = _COMPONENTS_SEEN.get(names_text) if names_text is not None else None
-    components = known if known is not None else _checked_components(fields.items)
+    components = known if known is not None else _checked_components(fields.covered())
     if names_text is not None and known is None:
         # Clients send the same few lists over and over; a flood of distinct ones only
         # empties the memo (only lists that passed every check are kept).

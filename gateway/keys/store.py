@@ -23,7 +23,7 @@ Layout (every hot-path read is a single-key GET, so Redis Cluster stays possible
 from __future__ import annotations
 
 import re
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -169,10 +169,14 @@ class KeyStore:
 
     # -- signed requests ------------------------------------------------------------------------
 
-    def use_nonce(self, key_id: str, nonce: str, ttl: float) -> Coroutine[Any, Any, bool]:
+    def use_nonce(self, key_id: str, nonce: str, ttl: float) -> Awaitable[bool]:
         """Record a nonce; awaits False when it was already used within its window. (The
-        guard's coroutine itself: one frame fewer on every signed request.)"""
+        guard's future itself: one frame fewer on every signed request.)"""
         return self._replay_guard.claim(key_id, nonce, ttl)
+
+    def close(self) -> None:
+        """Close what the store opened besides the client's pool (the nonce connection)."""
+        self._replay_guard.close()
 
     async def hmac_key_count(self) -> int:
         with store_errors():

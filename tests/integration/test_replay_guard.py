@@ -18,62 +18,121 @@ from tests.support.redis_server import RedisServer
 
 @asynccontextmanager
 async def guard_on(server: RedisServer, store_timeout: float) -> AsyncIterator[ReplayGuard]:
-    # Closed even when the test fails: a client left open makes the loop's close hang.
+    # Closed even when the test fails: a connection left open makes the loop's close hang.
     redis = connect(server.url, store_timeout)
+    guard = ReplayGuard(redis)
     try:
-        yield ReplayGuard(redis)
+        yield guard
     finally:
+        guard.close()
         await redis.aclose()
 
 
 async def test_concurrent_claims_give_one_winner_per_nonce(redis_clean: RedisServer) -> None:
-    redis = connect(redis_clean.url, 2.0)
-    guard = ReplayGuard(redis)
-    nonces = [f"n{i}" for i in range(300)]
-    before = redis_clean.command_stats()
-    results = await asyncio.gather(*(guard.claim("key1", n, 60) for n in nonces + nonces))
-    assert results[:300] == [True] * 300  # first claims, in order, all within one batch
-    assert results[300:] == [False] * 300
-    after = redis_clean.command_stats()
-    assert after.get("set", 0) - before.get("set", 0) == 600  # Redis counts a script's SETs
-    calls = sum(after.get(c, 0) - before.get(c, 0) for c in ("evalsha", "eval"))
-    # Two batches: 512 (MAX_BATCH) at once, then the other 88. On a fresh Redis each first
-    # meets NOSCRIPT and is sent again after loading the script.
-    assert 2 <= calls <= 4
-    with redis_clean.client() as direct:
-        ttls = [direct.pttl(name) for name in direct.keys("gw:nonce:key1:*")]
-    assert len(ttls) == 300 and all(50_000 < ttl <= 60_000 for ttl in ttls)
-    # The same nonce under another key is another claim; a later claim still loses.
-    assert await guard.claim("key2", "n0", 60) is True
-    assert await guard.claim("key1", "n0", 60) is False
-    await redis.aclose()
+    async with guard_on(redis_clean, 2.0) as guard:
+        nonces = [f"n{i}" for i in range(300)]
+        before = redis_clean.command_stats()
+        results = await asyncio.gather(*(guard.claim("key1", n, 60) for n in nonces + nonces))
+        assert results[:300] == [True] * 300  # first claims, in order, all within one batch
+        assert results[300:] == [False] * 300
+        after = redis_clean.command_stats()
+        assert after.get("set", 0) - before.get("set", 0) == 600  # Redis counts a script's SETs
+        calls = sum(after.get(c, 0) - before.get(c, 0) for c in ("evalsha", "eval"))
+        # Two batches: 512 (MAX_BATCH) at once, then the other 88. On a fresh Redis the first
+        # meets NOSCRIPT and is sent again as EVAL, which caches the script.
+        assert 2 <= calls <= 3
+        with redis_clean.client() as direct:
+            ttls = [direct.pttl(name) for name in direct.keys("gw:nonce:key1:*")]
+        assert len(ttls) == 300 and all(50_000 < ttl <= 60_000 for ttl in ttls)
+        # The same nonce under another key is another claim; a later claim still loses.
+        assert await guard.claim("key2", "n0", 60) is True
+        assert await guard.claim("key1", "n0", 60) is False
 
 
 async def test_a_claim_expires_with_its_ttl(redis_clean: RedisServer) -> None:
-    redis = connect(redis_clean.url, 2.0)
-    guard = ReplayGuard(redis)
-    assert await guard.claim("key1", "short", 0.2)  # alone: a plain SET
-    assert await asyncio.gather(guard.claim("key1", "a", 0.2), guard.claim("key1", "b", 0.2)) \
-        == [True, True]  # together: the script
-    assert await guard.claim("key1", "short", 0.2) is False
-    await asyncio.sleep(0.5)
-    assert await guard.claim("key1", "short", 0.2)  # the window has passed
-    assert await asyncio.gather(guard.claim("key1", "a", 0.2), guard.claim("key1", "b", 0.2)) \
-        == [True, True]
-    await redis.aclose()
+    async with guard_on(redis_clean, 2.0) as guard:
+        assert await guard.claim("key1", "short", 0.2)  # alone
+        assert await asyncio.gather(guard.claim("key1", "a", 0.2),
+                                    guard.claim("key1", "b", 0.2)) == [True, True]  # together
+        assert await guard.claim("key1", "short", 0.2) is False
+        await asyncio.sleep(0.5)
+        assert await guard.claim("key1", "short", 0.2)  # the window has passed
+        assert await asyncio.gather(guard.claim("key1", "a", 0.2),
+                                    guard.claim("key1", "b", 0.2)) == [True, True]
 
 
-async def test_a_store_that_is_down_fails_every_waiter(own_redis: RedisServer) -> None:
-    redis = connect(own_redis.url, 0.5)
-    guard = ReplayGuard(redis)
-    assert await guard.claim("key1", "before", 60)
-    own_redis.stop()
-    results = await asyncio.wait_for(asyncio.gather(
-        *(guard.claim("key1", f"n{i}", 60) for i in range(20)), return_exceptions=True), 10)
-    assert all(isinstance(r, StoreUnavailable) for r in results), results
-    with pytest.raises(StoreUnavailable):
-        await guard.claim("key1", "alone", 60)
-    await redis.aclose()
+async def test_a_batch_keeps_its_nonces_for_its_longest_lifetime(
+        redis_clean: RedisServer) -> None:
+    async with guard_on(redis_clean, 2.0) as guard:
+        assert await asyncio.gather(guard.claim("key1", "brief", 5),
+                                    guard.claim("key1", "long", 60)) == [True, True]
+        with redis_clean.client() as direct:
+            ttls = [direct.pttl(name) for name in direct.keys("gw:nonce:key1:*")]
+        assert len(ttls) == 2 and all(50_000 < ttl <= 60_000 for ttl in ttls)
+
+
+async def test_a_store_that_is_down_fails_every_waiter_and_claims_work_once_it_is_back(
+        own_redis: RedisServer) -> None:
+    async with guard_on(own_redis, 0.5) as guard:
+        assert await guard.claim("key1", "before", 60)
+        own_redis.stop()
+        results = await asyncio.wait_for(asyncio.gather(
+            *(guard.claim("key1", f"n{i}", 60) for i in range(20)), return_exceptions=True), 10)
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        with pytest.raises(StoreUnavailable):
+            await guard.claim("key1", "alone", 60)
+        own_redis.start()  # an empty store (not persistent), on the same socket
+        assert await asyncio.gather(guard.claim("key1", "after", 60),
+                                    guard.claim("key1", "after", 60)) == [True, False]
+
+
+async def test_a_connection_redis_closed_while_idle_is_opened_afresh(
+        redis_clean: RedisServer) -> None:
+    async with guard_on(redis_clean, 2.0) as guard:
+        assert await guard.claim("k", "first", 60)
+        with redis_clean.client() as admin:
+            killed = admin.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        await asyncio.sleep(0.1)  # the worker's loop sees the close
+        assert await guard.claim("k", "second", 60)  # no claim lost to the closed connection
+        assert await guard.claim("k", "first", 60) is False
+
+
+async def test_claims_work_after_redis_forgets_the_script(redis_clean: RedisServer) -> None:
+    async with guard_on(redis_clean, 2.0) as guard:
+        assert await guard.claim("k", "before", 60)
+        with redis_clean.client() as admin:
+            admin.script_flush()
+        assert await asyncio.gather(guard.claim("k", "a", 60), guard.claim("k", "before", 60)) \
+            == [True, False]
+
+
+async def test_an_error_reply_fails_the_batch_and_later_claims_still_work(
+        redis_clean: RedisServer) -> None:
+    async with guard_on(redis_clean, 2.0) as guard:
+        assert await guard.claim("k", "x", 60)
+        with redis_clean.client() as admin:
+            # A nonce key that holds something else makes SET ... NX answer 0, not fail; an
+            # out-of-memory store refuses the write outright.
+            admin.config_set("maxmemory", 1)
+            try:
+                with pytest.raises(StoreUnavailable, match="OOM"):
+                    await guard.claim("k", "refused", 60)
+            finally:
+                admin.config_set("maxmemory", 0)
+        assert await guard.claim("k", "refused", 60)
+
+
+async def test_closing_fails_the_claims_still_out(redis_clean: RedisServer) -> None:
+    async with guard_on(redis_clean, 5.0) as guard:
+        assert await guard.claim("k", "warm", 60)
+        with redis_clean.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", "500", "WRITE")
+            out = asyncio.ensure_future(guard.claim("k", "held", 60))
+            await asyncio.sleep(0.05)
+            guard.close()
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(out, 2)
 
 
 async def test_claims_made_while_a_batch_is_out_go_together_in_the_next(
@@ -92,7 +151,9 @@ async def test_claims_made_while_a_batch_is_out_go_together_in_the_next(
             results = await asyncio.gather(first, *later)
         assert results == [True] * 41
         after = redis_clean.command_stats()
-        assert after.get("evalsha", 0) - before.get("evalsha", 0) == 1  # the 40, together
+        # Two script calls: the first claim's (held by the pause, so counted after `before`) and
+        # one for the 40 together.
+        assert after.get("evalsha", 0) - before.get("evalsha", 0) == 2
         assert after.get("set", 0) - before.get("set", 0) == 41
 
 

@@ -26,6 +26,7 @@ from gateway.auth.signatures import (
     RequestFacts,
     SignatureError,
     _checked,
+    _Fields,
     _parse_sfv,
     _parse_simple,
     authority_of,
@@ -435,6 +436,12 @@ def near_canonical_inputs(draw: st.DrawFn) -> tuple[str, str]:
     return text, signature
 
 
+def reading(fields: _Fields) -> tuple[object, ...]:
+    """What a reading found, whichever reader: the fast one keeps its items as text."""
+    return (fields.label, fields.covered(), fields.params, fields.params_line,
+            fields.signature)
+
+
 @PROPERTY
 @given(fields=near_canonical_inputs())
 def test_the_fast_reading_agrees_with_http_sfv(fields: tuple[str, str]) -> None:
@@ -442,7 +449,7 @@ def test_the_fast_reading_agrees_with_http_sfv(fields: tuple[str, str]) -> None:
     fast = _parse_simple(signature_input, signature)
     if fast is None:
         return  # http-sfv reads it (the table below shows which shapes)
-    assert fast == _parse_sfv(signature_input, signature)
+    assert reading(fast) == reading(_parse_sfv(signature_input, signature))
     # And so parse() gives what it gave before the fast reading existed.
     try:
         expected: ParsedSignature | str = _checked(_parse_sfv(signature_input, signature))
@@ -503,4 +510,4 @@ def test_what_sign_request_sends_takes_the_fast_reading() -> None:
                          secret=SECRET, body=b"{}")
     fast = _parse_simple(added["Signature-Input"], added["Signature"])
     assert fast is not None
-    assert fast == _parse_sfv(added["Signature-Input"], added["Signature"])
+    assert reading(fast) == reading(_parse_sfv(added["Signature-Input"], added["Signature"]))

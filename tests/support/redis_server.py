@@ -12,11 +12,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
 
-from gateway.store.embedded import find_redis_server, ping_socket
+from gateway.store.embedded import find_redis_server
 
 
 def free_port() -> int:
@@ -25,9 +26,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _answers(path: Path) -> bool:
+    """True when a Redis server on the unix socket at `path` answers at all (a PONG, or the
+    NOAUTH of a server that wants a password)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            sock.connect(str(path))
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
 class RedisServer:
-    def __init__(self, persistent: bool = False) -> None:
+    def __init__(self, persistent: bool = False, extra_args: Sequence[str] = ()) -> None:
         self.persistent = persistent
+        self.extra_args = list(extra_args)  # e.g. --requirepass, or the --tls-* options
         # Short path: unix socket paths are limited to 107 bytes.
         self.dir = Path(tempfile.mkdtemp(prefix="gwredis-", dir="/tmp"))
         self.socket_path = self.dir / "redis.sock"
@@ -49,10 +64,11 @@ class RedisServer:
              "--unixsocket", str(self.socket_path), "--dir", str(self.dir),
              "--save", "", "--daemonize", "no",
              # Persistent servers keep every write across a kill -9 (to show recovery).
-             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always"],
+             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
+             *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 10
-        while not ping_socket(self.socket_path):
+        while not _answers(self.socket_path):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("test redis-server did not start")
             time.sleep(0.02)

