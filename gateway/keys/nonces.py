@@ -53,6 +53,10 @@ def pack_claims(command: bytes, script: bytes, keys: list[bytes], px: int) -> by
 Claim = tuple[bytes, int, "asyncio.Future[bool]"]  # packed key, lifetime (ms), its waiter
 
 
+def _closing() -> StoreUnavailable:
+    return StoreUnavailable("key store unavailable: the gateway is closing")
+
+
 class ReplayGuard:
     """At most one round trip in flight per worker: claims made while it is out wait for it and
     then go together in the next one. Alone, a claim goes at once; under load the batches grow
@@ -70,45 +74,54 @@ class ReplayGuard:
         self._pending: list[Claim] = []
         self._in_flight = False
         self._opening: asyncio.Task[None] | None = None
+        self._closed = False
 
     def claim(self, key_id: str, nonce: str, ttl: float) -> asyncio.Future[bool]:
         """Resolves True when the nonce was unused (and is now taken for `ttl` seconds). A
         future rather than a coroutine: one frame fewer on every signed request."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
+        if self._closed:
+            future.set_exception(_closing())
+            return future
         self._pending.append((bulk(nonce_key(key_id, nonce)), max(int(ttl * 1000), 1), future))
         if len(self._pending) == 1 and not self._in_flight:
             loop.call_soon(self._send)  # the others made in this loop turn join it
         return future
 
     def close(self) -> None:
-        """Close the connection; claims still out fail with StoreUnavailable."""
+        """Close the connection for good; claims still out or queued fail with
+        StoreUnavailable, and so does any claim made later."""
+        self._closed = True
         if self._opening is not None:
-            self._opening.cancel()
-        self._connection.close()
+            self._opening.cancel()  # its done-callback fails the batch it held
+        self._connection.close()  # fails the batch that is out, if any
+        self._failed([], _closing())  # and what is queued
 
     def _send(self) -> None:
-        if not self._pending or self._in_flight:
+        if not self._pending or self._in_flight or self._closed:
             return
         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
         self._in_flight = True
         if self._connection.is_open:
             self._write(batch, b"EVALSHA", CLAIM_SHA)
-        else:  # the first batch, or the first since the store failed
-            self._opening = asyncio.get_running_loop().create_task(self._open_and_write(batch))
+            return
+        # The first batch, or the first since the store failed. Whatever ends the opening
+        # (even a cancel before it ever ran) answers the batch and clears `_in_flight`.
+        task = self._opening = asyncio.get_running_loop().create_task(self._open())
+        task.add_done_callback(partial(self._opened, batch))
 
-    async def _open_and_write(self, batch: list[Claim]) -> None:
-        try:
-            await self._connection.open()
-        except StoreError as exc:
-            self._failed(batch, exc)
-        except asyncio.CancelledError:
-            self._failed(batch, StoreUnavailable("key store unavailable: closing"))
-            raise
+    async def _open(self) -> None:
+        await self._connection.open()
+
+    def _opened(self, batch: list[Claim], task: asyncio.Task[None]) -> None:
+        self._opening = None
+        if task.cancelled() or self._closed:
+            self._failed(batch, _closing())
+        elif (exc := task.exception()) is not None:
+            self._failed(batch, exc)  # any error at all: the claims must not wait forever
         else:
             self._write(batch, b"EVALSHA", CLAIM_SHA)
-        finally:
-            self._opening = None
 
     def _write(self, batch: list[Claim], command: bytes, script: bytes) -> None:
         packed = pack_claims(command, script, [key for key, _, _ in batch],
@@ -133,7 +146,7 @@ class ReplayGuard:
         self._in_flight = False
         self._send()  # what queued up meanwhile
 
-    def _failed(self, batch: list[Claim], error: StoreError) -> None:
+    def _failed(self, batch: list[Claim], error: BaseException) -> None:
         failure = error if isinstance(error, StoreUnavailable) \
             else StoreUnavailable(f"nonce check failed: {error}")
         queued, self._pending = self._pending, []

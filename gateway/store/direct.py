@@ -110,6 +110,7 @@ class DirectConnection:
         self._settings: AbstractConnection = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         self._timeout = self._settings.socket_timeout or DEFAULT_TIMEOUT
         self._protocol: _Protocol | None = None
+        self._closes = 0  # an open() that a close() overtook must not install its connection
 
     @property
     def is_open(self) -> bool:
@@ -119,6 +120,7 @@ class DirectConnection:
         """Connect and introduce ourselves; StoreUnavailable when the store cannot be reached
         or refuses us."""
         self.close()
+        closes = self._closes
         settings = self._settings
         try:
             async with asyncio.timeout(settings.socket_connect_timeout or self._timeout):
@@ -130,6 +132,8 @@ class DirectConnection:
                 reply = await self._call(protocol, command)
                 if isinstance(reply, hiredis.ReplyError):
                     raise StoreUnavailable(f"key store refused the connection: {reply}")
+            if self._closes != closes:
+                raise StoreUnavailable("key store unavailable: closed while opening")
         except BaseException:
             protocol.fail(StoreUnavailable("key store unavailable: connection closed"))
             raise
@@ -151,6 +155,9 @@ class DirectConnection:
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # An idle connection that a firewall dropped is noticed by the kernel, not by the
+            # next batch of claims waiting out the timeout.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         return made
 
     async def _introduction(self) -> list[bytes]:
@@ -158,8 +165,12 @@ class DirectConnection:
         settings = self._settings
         commands = []
         credentials: tuple[str, ...] = ()
-        if settings.credential_provider is not None:
-            credentials = tuple(await settings.credential_provider.get_credentials_async())
+        provider = settings.credential_provider
+        if provider is not None:
+            # get_credentials_async is redis-py >= 5.3's; before, only the plain call.
+            credentials = tuple(await provider.get_credentials_async()
+                                if hasattr(provider, "get_credentials_async")
+                                else provider.get_credentials())
         elif settings.password:
             credentials = (settings.username, settings.password) if settings.username \
                 else (settings.password,)
@@ -195,6 +206,7 @@ class DirectConnection:
         self._protocol.send(packed, on_reply, on_failure)
 
     def close(self) -> None:
+        self._closes += 1
         if self._protocol is not None:
             self._protocol.fail(StoreUnavailable("key store unavailable: connection closed"))
             self._protocol = None

@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
+from redis.credentials import CredentialProvider
 
 from gateway.errors import StoreUnavailable
 from gateway.store.client import Redis, connect
@@ -173,3 +175,42 @@ async def test_an_untrusted_certificate_is_unavailable(
     with pytest.raises(StoreUnavailable, match="SSL"):
         async with opened(f"rediss://localhost:{server.port}/0"):
             pass
+
+
+class HeldCredentials(CredentialProvider):
+    """Credentials handed over only when the test says so: the opening waits in between."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def get_credentials(self) -> tuple[str]:
+        raise AssertionError("the async variant is used")
+
+    async def get_credentials_async(self) -> tuple[str]:
+        self.asked.set()
+        await self.release.wait()
+        return (PASSWORD,)
+
+
+async def test_a_close_during_the_opening_wins(password_redis: RedisServer) -> None:
+    held = HeldCredentials()
+    redis = aioredis.Redis(host="127.0.0.1", port=password_redis.port,
+                           credential_provider=held, socket_timeout=2.0)
+    direct = DirectConnection(redis)
+    try:
+        opening = asyncio.ensure_future(direct.open())
+        await asyncio.wait_for(held.asked.wait(), 5)  # connected, not yet introduced
+        direct.close()
+        held.release.set()
+        with pytest.raises(StoreUnavailable, match="closed while opening"):
+            await asyncio.wait_for(opening, 5)
+        assert not direct.is_open
+        with pytest.raises(StoreUnavailable, match="connection closed"):
+            await call(direct, b"PING")
+        # And an opening nobody overtakes works, with the same provider.
+        await direct.open()
+        assert await call(direct, b"PING") == b"PONG"
+    finally:
+        direct.close()
+        await redis.aclose()

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
+import redis.asyncio as aioredis
+from redis.credentials import CredentialProvider
 
 from gateway.errors import StoreUnavailable
 from gateway.keys.nonces import ReplayGuard
@@ -51,14 +53,15 @@ async def test_concurrent_claims_give_one_winner_per_nonce(redis_clean: RedisSer
 
 async def test_a_claim_expires_with_its_ttl(redis_clean: RedisServer) -> None:
     async with guard_on(redis_clean, 2.0) as guard:
-        assert await guard.claim("key1", "short", 0.2)  # alone
-        assert await asyncio.gather(guard.claim("key1", "a", 0.2),
-                                    guard.claim("key1", "b", 0.2)) == [True, True]  # together
-        assert await guard.claim("key1", "short", 0.2) is False
-        await asyncio.sleep(0.5)
-        assert await guard.claim("key1", "short", 0.2)  # the window has passed
-        assert await asyncio.gather(guard.claim("key1", "a", 0.2),
-                                    guard.claim("key1", "b", 0.2)) == [True, True]
+        assert await guard.claim("key1", "warm", 60)  # the connection is open, the script known
+        assert await guard.claim("key1", "short", 1)  # alone
+        assert await asyncio.gather(guard.claim("key1", "a", 1),
+                                    guard.claim("key1", "b", 1)) == [True, True]  # together
+        assert await guard.claim("key1", "short", 1) is False
+        await asyncio.sleep(1.3)
+        assert await guard.claim("key1", "short", 1)  # the window has passed
+        assert await asyncio.gather(guard.claim("key1", "a", 1),
+                                    guard.claim("key1", "b", 1)) == [True, True]
 
 
 async def test_a_batch_keeps_its_nonces_for_its_longest_lifetime(
@@ -93,7 +96,13 @@ async def test_a_connection_redis_closed_while_idle_is_opened_afresh(
         with redis_clean.client() as admin:
             killed = admin.client_kill_filter(_type="normal", skipme=True)
         assert killed >= 1
-        await asyncio.sleep(0.1)  # the worker's loop sees the close
+        # Once the loop has seen the close (a claim written in the very instant Redis closes
+        # the connection fails, as it would through redis-py's pool).
+        for _ in range(500):
+            if not guard._connection.is_open:
+                break
+            await asyncio.sleep(0.01)
+        assert not guard._connection.is_open
         assert await guard.claim("k", "second", 60)  # no claim lost to the closed connection
         assert await guard.claim("k", "first", 60) is False
 
@@ -127,12 +136,58 @@ async def test_closing_fails_the_claims_still_out(redis_clean: RedisServer) -> N
     async with guard_on(redis_clean, 5.0) as guard:
         assert await guard.claim("k", "warm", 60)
         with redis_clean.client() as admin:
-            admin.execute_command("CLIENT", "PAUSE", "500", "WRITE")
-            out = asyncio.ensure_future(guard.claim("k", "held", 60))
-            await asyncio.sleep(0.05)
-            guard.close()
-            with pytest.raises(StoreUnavailable):
-                await asyncio.wait_for(out, 2)
+            admin.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+            try:
+                out = asyncio.ensure_future(guard.claim("k", "held", 60))
+                await asyncio.sleep(0.05)
+                queued = asyncio.ensure_future(guard.claim("k", "queued", 60))
+                await asyncio.sleep(0)
+                guard.close()
+                for claim in (out, queued):
+                    with pytest.raises(StoreUnavailable):
+                        await asyncio.wait_for(claim, 2)
+                with pytest.raises(StoreUnavailable, match="closing"):
+                    await asyncio.wait_for(guard.claim("k", "later", 60), 2)
+            finally:
+                admin.execute_command("CLIENT", "UNPAUSE")
+
+
+async def test_closing_while_the_connection_opens_answers_the_claims(
+        redis_clean: RedisServer) -> None:
+    async with guard_on(redis_clean, 5.0) as guard:
+        claim = guard.claim("k", "first", 60)
+        await asyncio.sleep(0)  # the opening is scheduled, and has not run yet
+        guard.close()
+        with pytest.raises(StoreUnavailable, match="closing"):
+            await asyncio.wait_for(claim, 2)
+        with pytest.raises(StoreUnavailable, match="closing"):
+            await asyncio.wait_for(guard.claim("k", "second", 60), 2)
+    with redis_clean.client() as direct:
+        assert direct.keys("gw:nonce:*") == []
+
+
+class FailingCredentials(CredentialProvider):
+    """Credentials that cannot be had: an error that is not the store's."""
+
+    def get_credentials(self) -> tuple[str]:
+        raise RuntimeError("vault sealed")
+
+    async def get_credentials_async(self) -> tuple[str]:
+        raise RuntimeError("vault sealed")
+
+
+async def test_any_error_while_opening_answers_the_claims_and_the_next_ones_try_again(
+        redis_clean: RedisServer) -> None:
+    redis = aioredis.Redis(unix_socket_path=str(redis_clean.socket_path),
+                           credential_provider=FailingCredentials(), socket_timeout=2.0)
+    guard = ReplayGuard(redis)
+    try:
+        for nonce in ("first", "second"):  # the first failure left nothing stuck
+            with pytest.raises(StoreUnavailable, match="vault sealed"):
+                await asyncio.wait_for(guard.claim("k", nonce, 60), 2)
+    finally:
+        guard.close()
+        await redis.aclose()
 
 
 async def test_claims_made_while_a_batch_is_out_go_together_in_the_next(
@@ -140,14 +195,18 @@ async def test_claims_made_while_a_batch_is_out_go_together_in_the_next(
     async with guard_on(redis_clean, 5.0) as guard:
         assert await asyncio.gather(guard.claim("k", "warm-1", 60), guard.claim("k", "warm-2", 60))
         with redis_clean.client() as direct:
-            direct.execute_command("CLIENT", "PAUSE", "300", "WRITE")  # holds the first batch
-            first = asyncio.ensure_future(guard.claim("k", "first", 60))
-            await asyncio.sleep(0.05)  # it is out, waiting on Redis
-            before = redis_clean.command_stats()
-            later = []
-            for i in range(40):  # one per loop turn: without the rule, 40 round trips
-                later.append(asyncio.ensure_future(guard.claim("k", f"later-{i}", 60)))
-                await asyncio.sleep(0)
+            # Holds the first batch until UNPAUSE (the pause itself outlasts any slow machine).
+            direct.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+            try:
+                first = asyncio.ensure_future(guard.claim("k", "first", 60))
+                await asyncio.sleep(0.05)  # it is out, waiting on Redis
+                before = redis_clean.command_stats()
+                later = []
+                for i in range(40):  # one per loop turn: without the rule, 40 round trips
+                    later.append(asyncio.ensure_future(guard.claim("k", f"later-{i}", 60)))
+                    await asyncio.sleep(0)
+            finally:
+                direct.execute_command("CLIENT", "UNPAUSE")
             results = await asyncio.gather(first, *later)
         assert results == [True] * 41
         after = redis_clean.command_stats()
