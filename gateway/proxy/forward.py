@@ -8,8 +8,6 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from multidict import CIMultiDict
-
 from gateway.config import RouteConfig
 from gateway.errors import ClientGone, ClientTooSlow, RequestRefused
 from gateway.proxy.headers import client_response_pairs
@@ -28,7 +26,6 @@ log = logging.getLogger(__name__)
 SMALL_BODY = 2**16  # answers up to this size are read whole, then sent in one write
 # Safe to send again when a reused keep-alive connection died before answering (RFC 9110 §9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-_FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs a call per field, per request
@@ -38,19 +35,14 @@ class UpstreamRequest:
     host: str  # the Host header the upstream gets
     method: str
     target: str  # path and query, already encoded
-    headers: CIMultiDict[str]
+    fields: str  # the header lines but Host and framing (headers.upstream_request_fields)
     request_id: str
     body: bytes | None = None  # already read (a signed body); else the body is streamed
 
 
 def request_head(upstream: UpstreamRequest, framing: str) -> bytes:
-    lines = [f"{upstream.method} {upstream.target} HTTP/1.1\r\nHost: {upstream.host}\r\n"]
-    for name, value in upstream.headers.items():
-        if name.lower() not in _FRAMING:
-            lines.append(f"{name}: {value}\r\n")
-    lines.append(framing)
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
+    return (f"{upstream.method} {upstream.target} HTTP/1.1\r\nHost: {upstream.host}\r\n"
+            f"{upstream.fields}{framing}\r\n").encode("latin-1")
 
 
 async def forward(pool: UpstreamPool, exchange: Exchange, upstream: UpstreamRequest) -> None:

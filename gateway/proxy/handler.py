@@ -24,7 +24,7 @@ from gateway.observability.metrics import (
 )
 from gateway.observability.tally import TALLY
 from gateway.proxy.forward import UpstreamRequest, forward
-from gateway.proxy.headers import is_trusted, request_id_from, upstream_request_headers
+from gateway.proxy.headers import is_trusted, request_id_from, upstream_request_fields
 from gateway.proxy.listener import Exchange
 from gateway.proxy.routing import RouteTable
 from gateway.proxy.upstream import Origin, UpstreamPool
@@ -105,7 +105,7 @@ class ProxyHandler:
                 trusted = state.config.listen.trusted_proxies
                 if not route.public:
                     identity, body = await self._authenticate(exchange, route, peer, trusted)
-                headers = upstream_request_headers(
+                fields = upstream_request_fields(
                     exchange.headers,
                     peer=peer,
                     trusted_peer=bool(trusted) and is_trusted(peer, trusted),
@@ -119,7 +119,7 @@ class ProxyHandler:
                     target_text += "?" + query
                 upstream = UpstreamRequest(route=route, origin=address.origin,
                                            host=address.host, method=exchange.method,
-                                           target=target_text, headers=headers,
+                                           target=target_text, fields=fields,
                                            request_id=request_id, body=body)
                 if exchange.client_gone:
                     return  # left while being authenticated: nothing is sent upstream

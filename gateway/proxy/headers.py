@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from gateway.config import IPNetwork
 
@@ -27,7 +27,10 @@ _REWRITTEN = frozenset({
     "host", "expect", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
     "forwarded",
 })
-_DROP_INBOUND = HOP_BY_HOP | CREDENTIAL_HEADERS | _REWRITTEN
+# The body's framing is the forwarder's own: it sends the body as it has it (whole, streamed as
+# received, or chunked). Transfer-Encoding is hop-by-hop already.
+_FRAMING = frozenset({"content-length"})
+_DROP_INBOUND = HOP_BY_HOP | CREDENTIAL_HEADERS | _REWRITTEN | _FRAMING
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._~+/=:@-]{1,128}")
 
@@ -86,7 +89,7 @@ def is_trusted(peer: str | None, trusted: Iterable[IPNetwork]) -> bool:
     return any(address in network for network in trusted)
 
 
-def upstream_request_headers(
+def upstream_request_fields(
     incoming: CIMultiDictProxy[str],
     *,
     peer: str | None,
@@ -94,12 +97,14 @@ def upstream_request_headers(
     scheme: str,
     request_id: str,
     identity: Mapping[str, str] | None = None,
-) -> CIMultiDict[str]:
-    """Headers to send upstream for one request."""
+) -> str:
+    """The header fields to send upstream for one request, as lines of its head
+    (`Name: value\r\n` each; the forwarder adds Host and the framing). Written as text in
+    the one pass that filters them: the head is built once, not gathered and then formatted."""
     drop = _DROP_INBOUND
     if "Connection" in incoming:
         drop = drop | connection_tokens(incoming)
-    out: CIMultiDict[str] = CIMultiDict()
+    lines: list[str] = []
     for name, value in incoming.items():
         lower = name.lower()
         if "_" in lower:
@@ -108,18 +113,19 @@ def upstream_request_headers(
             lower = lower.replace("_", "-")
         if lower in drop or lower.startswith("x-auth-"):
             continue
-        out.add(name, value)
+        lines.append(f"{name}: {value}\r\n")
 
     host = incoming.get("Host", "")
     # Repeated X-Forwarded-For fields form one list (RFC 9110 §5.3): keep every hop.
     client_for = ", ".join(incoming.getall("X-Forwarded-For", ())) if trusted_peer else None
-    out["X-Forwarded-For"] = f"{client_for}, {peer}" if client_for and peer else (peer or "")
-    out["X-Forwarded-Proto"] = (trusted_peer and incoming.get("X-Forwarded-Proto")) or scheme
-    out["X-Forwarded-Host"] = (trusted_peer and incoming.get("X-Forwarded-Host")) or host
-    out["X-Request-Id"] = request_id
+    forwarded_for = f"{client_for}, {peer}" if client_for and peer else (peer or "")
+    proto = (trusted_peer and incoming.get("X-Forwarded-Proto")) or scheme
+    forwarded_host = (trusted_peer and incoming.get("X-Forwarded-Host")) or host
+    lines.append(f"X-Forwarded-For: {forwarded_for}\r\nX-Forwarded-Proto: {proto}\r\n"
+                 f"X-Forwarded-Host: {forwarded_host}\r\nX-Request-Id: {request_id}\r\n")
     if identity:
-        out.update(identity)
-    return out
+        lines.extend([f"{name}: {value}\r\n" for name, value in identity.items()])
+    return "".join(lines)
 
 
 _HOP_BY_HOP_BYTES = frozenset(name.encode("ascii") for name in HOP_BY_HOP)
