@@ -2,7 +2,8 @@
 
 Inbound to the upstream: hop-by-hop headers (and any the client's `Connection` names) go, the
 credential goes, every `X-Auth-*` goes (the gateway alone speaks for the identity), the
-`X-Forwarded-*` set is rewritten. Outbound to the client: hop-by-hop headers go.
+`X-Forwarded-*` set is rewritten, and `Content-Length` is the forwarder's to set. Outbound to
+the client: hop-by-hop headers go.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def upstream_request_fields(
     identity: Mapping[str, str] | None = None,
 ) -> str:
     """The header fields to send upstream for one request, as lines of its head
-    (`Name: value\r\n` each; the forwarder adds Host and the framing). Written as text in
+    (`Name: value` and CRLF each; the forwarder adds Host and the framing). Written as text in
     the one pass that filters them: the head is built once, not gathered and then formatted."""
     drop = _DROP_INBOUND
     if "Connection" in incoming:
