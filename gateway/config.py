@@ -64,7 +64,7 @@ def parse_size(value: object) -> int:
 
 def is_scope_name(scope: object) -> bool:
     """`yc.ai.vision.execute`, a prefix wildcard `yc.ai.*`, or `*` for everything."""
-    return isinstance(scope, str) and _SCOPE.match(scope) is not None
+    return isinstance(scope, str) and _SCOPE.fullmatch(scope) is not None
 
 
 def normalise_prefix(prefix: str) -> str:
@@ -289,9 +289,9 @@ def _admin_tokens(value: object) -> tuple[AdminToken, ...]:
         if not isinstance(item, dict) or set(item) != {"label", "sha256"}:
             raise ValueError(f"entry {index}: expected exactly the fields label and sha256")
         label, digest = item["label"], item["sha256"]
-        if not isinstance(label, str) or not _LABEL.match(label):
+        if not isinstance(label, str) or not _LABEL.fullmatch(label):
             raise ValueError(f"entry {index}: label must be letters, digits, '.', '_' or '-'")
-        if not isinstance(digest, str) or not _SHA256.match(digest.lower()):
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):
             raise ValueError(f"entry {index}: sha256 must be 64 hex digits (sha256sum of the "
                              "token)")
         if label in {t.label for t in tokens}:
@@ -323,7 +323,7 @@ def _upstream(value: object) -> str:
 
 def _prefix(value: object) -> str:
     prefix = _string(value)
-    if not _PREFIX.match(prefix) or any(s in (".", "..") for s in prefix.split("/")):
+    if not _PREFIX.fullmatch(prefix) or any(s in (".", "..") for s in prefix.split("/")):
         raise ValueError("expected an absolute path such as /vision/ (no '..', '%', '//' or '?')")
     return normalise_prefix(prefix)
 
@@ -351,7 +351,7 @@ def _route(reader: _Reader, raw: object, path: str) -> RouteConfig | None:
         if raw.get(required) is None:
             reader.problem(f"{path}.{required}", "is required")
     name = reader.get(raw, "name", f"{path}.name", _string, "")
-    if name and not _ROUTE_NAME.match(name):
+    if name and not _ROUTE_NAME.fullmatch(name):
         reader.problem(f"{path}.name", "expected letters, digits, '.', '_' or '-'")
     public = reader.get(raw, "public", f"{path}.public", _boolean, False)
     no_scopes: tuple[str, ...] = ()

@@ -308,7 +308,7 @@ class KeyService:
         """Audit entries oldest first, after `cursor` (an entry id) or from `since`."""
         if cursor is not None:
             # A stream id is two unsigned 64-bit numbers; Redis refuses anything larger.
-            if not _AUDIT_ID.match(cursor) or any(int(part) >= 2**64
+            if not _AUDIT_ID.fullmatch(cursor) or any(int(part) >= 2**64
                                                   for part in cursor.split("-")):
                 raise InvalidRequest("cursor", "not a cursor from a previous page")
             after = cursor

@@ -67,7 +67,7 @@ def index_member(created_at: float, ident: str) -> str:
 
 
 def is_cursor(cursor: str) -> bool:
-    return _CURSOR.match(cursor) is not None
+    return _CURSOR.fullmatch(cursor) is not None
 
 
 def _text(value: bytes | str) -> str:

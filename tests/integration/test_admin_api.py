@@ -133,6 +133,9 @@ async def test_key_create_get_patch_and_the_secret_shown_once(gateway, admin, ht
 @pytest.mark.parametrize(("body", "field"), [
     ({}, "account_id"),
     ({"account_id": "acc_x", "scopes": ["not a scope"]}, None),
+    # A trailing newline would reach the upstream inside X-Auth-Scopes.
+    ({"account_id": "acc_x", "scopes": ["yc.ai.vision.execute\n"]}, None),
+    ({"account_id": "acc_x", "scopes": ["*\r\n"]}, None),
     ({"account_id": "acc_x", "expires_in": "soon"}, "expires_in"),
     ({"account_id": "acc_x", "expires_at": "yesterday"}, "expires_at"),
     ({"account_id": "acc_x", "expires_at": "2030-01-01T00:00:00Z", "expires_in": "1d"},
@@ -164,6 +167,7 @@ async def test_listing_pages_in_a_stable_order(admin) -> None:
         created.append((await admin.call("POST", "/admin/keys", {"account_id": owner["id"]},
                                          expect=201))["id"])
     seen: list[str] = []
+    cursors: list[str] = []
     cursor = None
     pages = 0
     while True:
@@ -174,12 +178,14 @@ async def test_listing_pages_in_a_stable_order(admin) -> None:
         cursor = page["next_cursor"]
         if cursor is None:
             break
+        cursors.append(cursor)
     assert pages == 3
     assert seen == created  # creation order, every key once
     only_second = await admin.call("GET", "/admin/keys", expect=200,
                                    account_id=second["id"])
     assert [k["id"] for k in only_second["items"]] == created[::5]
     await admin.call("GET", "/admin/keys", expect=422, cursor="not-a-cursor")
+    await admin.call("GET", "/admin/keys", expect=422, cursor=cursors[0] + "\n")
     await admin.call("GET", "/admin/keys", expect=422, limit="0")
     await admin.call("GET", "/admin/keys", expect=404, account_id="acc_missing")
 
@@ -251,6 +257,7 @@ async def test_the_audit_trail_names_who_did_what_and_holds_no_secret(gateway, a
     rest = await admin.call("GET", "/admin/audit", expect=200, cursor=paged["next_cursor"])
     assert [e["id"] for e in paged["items"] + rest["items"]] == [e["id"] for e in
                                                                  trail["items"]]
+    await admin.call("GET", "/admin/audit", expect=422, cursor=paged["next_cursor"] + "\n")
 
 
 async def test_bad_bodies_and_unknown_paths_get_json_errors(gateway, http) -> None:
