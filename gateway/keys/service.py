@@ -347,7 +347,7 @@ class KeyService:
         return description
 
 
-_AUDIT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_AUDIT_ID = re.compile(r"^\d{1,20}-\d{1,20}$", re.ASCII)  # ASCII: int() reads other digits too
 
 
 def _cursor(cursor: str | None) -> str | None:

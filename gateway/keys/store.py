@@ -44,7 +44,7 @@ AUDIT = "gw:audit"
 HMAC_KEYS = "gw:hmac-keys"
 DEMO_KEY_ID = "gw:demo-key-id"
 AUDIT_MAX_ENTRIES = 1_000_000
-_CURSOR = re.compile(r"^\d{13}:[A-Za-z0-9_]{1,64}$")
+_CURSOR = re.compile(r"^\d{13}:[A-Za-z0-9_]{1,64}$", re.ASCII)
 
 # Forward-only merge of last-use times: several workers flush, the latest time wins.
 _RECORD_LAST_USED = """

@@ -258,6 +258,7 @@ async def test_the_audit_trail_names_who_did_what_and_holds_no_secret(gateway, a
     assert [e["id"] for e in paged["items"] + rest["items"]] == [e["id"] for e in
                                                                  trail["items"]]
     await admin.call("GET", "/admin/audit", expect=422, cursor=paged["next_cursor"] + "\n")
+    await admin.call("GET", "/admin/audit", expect=422, cursor="\u0661\u0662-0")  # not ASCII
 
 
 async def test_bad_bodies_and_unknown_paths_get_json_errors(gateway, http) -> None:
