@@ -6,6 +6,7 @@ StoreUnavailable, after which it opens afresh."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,13 @@ from redis.credentials import CredentialProvider
 
 from gateway.errors import StoreUnavailable
 from gateway.store.client import Redis, connect
-from gateway.store.direct import DirectConnection, Reply, pack
+from gateway.store.direct import (
+    KEEPALIVE,
+    DirectConnection,
+    Reply,
+    keepalive_options,
+    pack,
+)
 from gateway.store.embedded import find_redis_server
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.tls import make_server_certificate
@@ -211,6 +218,46 @@ async def test_a_close_during_the_opening_wins(password_redis: RedisServer) -> N
         # And an opening nobody overtakes works, with the same provider.
         await direct.open()
         assert await call(direct, b"PING") == b"PONG"
+    finally:
+        direct.close()
+        await redis.aclose()
+
+
+async def test_a_tcp_connection_is_kept_alive_with_probes(redis_clean: RedisServer) -> None:
+    async with opened(redis_clean.tcp_url) as direct:
+        assert direct._protocol is not None and direct._protocol.transport is not None
+        sock = direct._protocol.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        # The client's own options (redis-py 8: 30 s, 5 s, 3), else the same as KEEPALIVE; not
+        # the kernel's two hours before a first probe.
+        options = keepalive_options(direct._settings)
+        assert options and KEEPALIVE
+        for option, value in options.items():
+            assert sock.getsockopt(socket.IPPROTO_TCP, option) == value
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+        assert await call(direct, b"PING") == b"PONG"
+
+
+class HangingCredentials(CredentialProvider):
+    """A credential source that never answers."""
+
+    def get_credentials(self) -> tuple[str]:
+        raise AssertionError("the async variant is used")
+
+    async def get_credentials_async(self) -> tuple[str]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_credentials_that_never_come_are_bounded_by_the_timeout(
+        password_redis: RedisServer) -> None:
+    redis = aioredis.Redis(host="127.0.0.1", port=password_redis.port,
+                           credential_provider=HangingCredentials(), socket_timeout=0.3)
+    direct = DirectConnection(redis)
+    try:
+        with pytest.raises(StoreUnavailable, match="no credentials in time"):
+            await asyncio.wait_for(direct.open(), 5)
+        assert not direct.is_open
     finally:
         direct.close()
         await redis.aclose()
