@@ -16,7 +16,7 @@ import hiredis
 
 from gateway.errors import StoreError, StoreUnavailable
 from gateway.store.client import Redis
-from gateway.store.direct import DirectConnection, Reply
+from gateway.store.direct import DirectConnection, Reply, bulk
 
 NONCE = "gw:nonce:"
 MAX_BATCH = 512
@@ -36,11 +36,6 @@ CLAIM_SHA = hashlib.sha1(CLAIM_SCRIPT).hexdigest().encode()  # noqa: S324 - Redi
 def nonce_key(key_id: str, nonce: str) -> bytes:
     digest = hashlib.sha256(nonce.encode()).hexdigest()[:32]  # bounded key length
     return f"{NONCE}{key_id}:{digest}".encode()
-
-
-def bulk(value: bytes) -> bytes:
-    """One RESP bulk string."""
-    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 def pack_claims(command: bytes, script: bytes, keys: list[bytes], px: int) -> bytes:
@@ -108,11 +103,8 @@ class ReplayGuard:
             return
         # The first batch, or the first since the store failed. Whatever ends the opening
         # (even a cancel before it ever ran) answers the batch and clears `_in_flight`.
-        task = self._opening = asyncio.get_running_loop().create_task(self._open())
+        task = self._opening = asyncio.get_running_loop().create_task(self._connection.open())
         task.add_done_callback(partial(self._opened, batch))
-
-    async def _open(self) -> None:
-        await self._connection.open()
 
     def _opened(self, batch: list[Claim], task: asyncio.Task[None]) -> None:
         self._opening = None

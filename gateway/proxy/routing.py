@@ -123,7 +123,10 @@ def split_target(raw_target: str) -> tuple[str, str]:
 
 def parse_target(raw_target: str) -> Target:
     """Split an origin-form request target into its normalised path and its query."""
-    raw_path, query = split_target(raw_target)
+    return _target(*split_target(raw_target))
+
+
+def _target(raw_path: str, query: str) -> Target:
     path, lowest_pop = normalise_path(raw_path)
     return Target(path=path, query=query, lowest_pop=lowest_pop)
 
@@ -156,8 +159,7 @@ class RouteTable:
         raw_path, query = split_target(raw_target)
         found = self._resolved.get(raw_path)
         if found is None:
-            path, lowest_pop = normalise_path(raw_path)
-            found = self.match(Target(path=path, query=query, lowest_pop=lowest_pop))
+            found = self.match(_target(raw_path, query))
             if len(self._resolved) >= MAX_RESOLVED:
                 self._resolved.clear()  # a flood of distinct paths costs a miss, not memory
             self._resolved[raw_path] = found

@@ -28,7 +28,7 @@ from redis.asyncio.connection import (
 )
 
 from gateway.errors import StoreError, StoreUnavailable
-from gateway.store.client import Redis
+from gateway.store.client import Redis, store_errors
 
 # A reply as hiredis reads it: bytes, int, None, a list of replies, or a hiredis.ReplyError.
 Reply = Any
@@ -52,10 +52,18 @@ def keepalive_options(settings: AbstractConnection) -> dict[int, int | bytes]:
     return dict(KEEPALIVE)
 
 
+def bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
 def pack(*args: bytes) -> bytes:
     """One command as RESP: `*<n>` then each argument as a bulk string."""
-    return b"".join([b"*%d\r\n" % len(args),
-                     *[b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args]])
+    return b"".join([b"*%d\r\n" % len(args), *[bulk(arg) for arg in args]])
+
+
+def _closed() -> StoreUnavailable:
+    return StoreUnavailable("key store unavailable: connection closed")
 
 
 class _Protocol(asyncio.Protocol):
@@ -75,7 +83,7 @@ class _Protocol(asyncio.Protocol):
 
     def send(self, packed: bytes, on_reply: OnReply, on_failure: OnFailure) -> None:
         if self.closed or self.transport is None:
-            on_failure(StoreUnavailable("key store unavailable: connection closed"))
+            on_failure(_closed())
             return
         timer = asyncio.get_running_loop().call_later(self.timeout, self._timed_out)
         self.waiting.append((on_reply, on_failure, timer))
@@ -102,8 +110,8 @@ class _Protocol(asyncio.Protocol):
         self.fail(StoreUnavailable("key store unavailable: TimeoutError"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.fail(StoreUnavailable(
-            f"key store unavailable: {exc.__class__.__name__ if exc else 'connection closed'}"))
+        self.fail(StoreUnavailable(f"key store unavailable: {exc.__class__.__name__}")
+                  if exc else _closed())
 
     def fail(self, error: StoreError) -> None:
         """Close, and tell every command still waiting (each exactly once)."""
@@ -135,11 +143,9 @@ class DirectConnection:
         self.close()
         closes = self._closes
         settings = self._settings
-        try:
+        with store_errors():  # refused, unreachable, TLS refused, or too slow: unavailable
             async with asyncio.timeout(settings.socket_connect_timeout or self._timeout):
                 protocol = await self._connect()
-        except (OSError, TimeoutError) as exc:
-            raise StoreUnavailable(f"key store unavailable: {exc.__class__.__name__}") from exc
         try:
             try:
                 # Bounded like the connect: a credential provider that hangs must not hold
@@ -155,7 +161,7 @@ class DirectConnection:
             if self._closes != closes:
                 raise StoreUnavailable("key store unavailable: closed while opening")
         except BaseException:
-            protocol.fail(StoreUnavailable("key store unavailable: connection closed"))
+            protocol.fail(_closed())
             raise
         self._protocol = protocol
 
@@ -227,12 +233,12 @@ class DirectConnection:
         """Write one packed command; exactly one of the two callbacks is called, later (never
         from inside this call, unless the connection is not open)."""
         if self._protocol is None:
-            on_failure(StoreUnavailable("key store unavailable: connection closed"))
+            on_failure(_closed())
             return
         self._protocol.send(packed, on_reply, on_failure)
 
     def close(self) -> None:
         self._closes += 1
         if self._protocol is not None:
-            self._protocol.fail(StoreUnavailable("key store unavailable: connection closed"))
+            self._protocol.fail(_closed())
             self._protocol = None

