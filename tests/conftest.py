@@ -38,9 +38,13 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def redis_clean(redis_server: RedisServer) -> RedisServer:
+def redis_clean(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """The session's Redis, empty; emptied again after the test, so what the test wrote (an
+    HMAC key makes a gateway without a master key refuse to start) never meets a later test
+    that takes the shared server as it is."""
     redis_server.flush()
-    return redis_server
+    yield redis_server
+    redis_server.flush()
 
 
 @pytest.fixture
