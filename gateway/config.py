@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.store.urls import parse_store_url
 
 T = TypeVar("T")
 
@@ -120,6 +121,9 @@ class AdminConfig:
 class RedisConfig:
     url: str = "embedded"
     timeout: float = 1.0  # bound on every store call; past it the store counts as unavailable
+    # Store commands in flight at once per process; past it callers wait up to `timeout`.
+    pool_size: int = 64
+    idle_timeout: float = 60.0  # pooled connections unused this long are closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,9 +306,16 @@ def _admin_tokens(value: object) -> tuple[AdminToken, ...]:
 
 def _redis_url(value: object) -> str:
     url = _string(value)
-    if url != "embedded" and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("expected 'embedded' or a redis://, rediss:// or unix:// URL")
+    if url != "embedded":
+        parse_store_url(url)  # raises ValueError naming what is wrong
     return url
+
+
+def _pool_size(value: object) -> int:
+    size = _count(value)
+    if not 1 <= size <= 10_000:
+        raise ValueError("must be between 1 and 10000")
+    return size
 
 
 def _upstream(value: object) -> str:
@@ -455,11 +466,15 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         token=reader.get(raw, "token", "admin.token", _string, None),
         tokens=reader.get(raw, "tokens", "admin.tokens", _admin_tokens, ()),
     )
-    raw = reader.section(data, "redis", {"url", "timeout"})
+    raw = reader.section(data, "redis", {"url", "timeout", "pool_size", "idle_timeout"})
     redis = RedisConfig(
         url=reader.get(raw, "url", "redis.url", _redis_url, _REDIS.url),
         timeout=reader.get(raw, "timeout", "redis.timeout", _positive_duration,
                            _REDIS.timeout),
+        pool_size=reader.get(raw, "pool_size", "redis.pool_size", _pool_size,
+                             _REDIS.pool_size),
+        idle_timeout=reader.get(raw, "idle_timeout", "redis.idle_timeout", _positive_duration,
+                                _REDIS.idle_timeout),
     )
     raw = reader.section(data, "keys", {"default_scopes", "cache_ttl", "negative_cache_ttl",
                                         "stale_if_error", "last_used_flush"})

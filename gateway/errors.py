@@ -74,6 +74,13 @@ class StoreUnavailable(StoreError):
     """The key store could not be reached (connection refused, timed out, went away)."""
 
 
+class PoolExhausted(StoreUnavailable):
+    """Every connection of this process's pool stayed busy for the whole `redis.timeout`: the
+    store may be healthy, this process asks more of it than its pool allows."""
+
+    pool_exhausted = True
+
+
 class RequestRefused(GatewayError):
     """A request the gateway answers itself, with a SPEC §5 code."""
 

@@ -1,10 +1,14 @@
-"""Background tasks of a gateway process (flushes, sweeps): stopping one the same way
-everywhere."""
+"""Background tasks of a gateway process (flushes, sweeps, the store watch): one way to run a
+step periodically and one way to stop a task, used everywhere."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
 
 
 async def stop_task(task: asyncio.Task[None] | None) -> None:
@@ -14,3 +18,38 @@ async def stop_task(task: asyncio.Task[None] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+class Periodic:
+    """Runs `step` every `interval` seconds (read at each turn, so a reload can change it) until
+    stopped. A step's exception never ends the loop: `on_error` is told of it (by default it is
+    logged with its traceback). A cancellation always ends it: it is never swallowed, so a
+    worker's shutdown cannot hang on a loop that caught it."""
+
+    def __init__(self, name: str, interval: Callable[[], float],
+                 step: Callable[[], Awaitable[None]],
+                 on_error: Callable[[Exception], None] | None = None) -> None:
+        self.name = name
+        self.interval = interval
+        self.step = step
+        self.on_error = on_error
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        await stop_task(self._task)
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval())
+            try:
+                await self.step()
+            except Exception as exc:  # noqa: BLE001 - any step failure: say so, go on
+                if self.on_error is not None:
+                    self.on_error(exc)
+                else:
+                    log.exception("%s failed; trying again in %.1f s", self.name,
+                                  self.interval())

@@ -56,7 +56,7 @@ from gateway.config import BruteForceConfig, IPNetwork
 from gateway.errors import RequestRefused, StoreError
 from gateway.observability.metrics import AUTH_THROTTLED
 from gateway.proxy.headers import is_trusted
-from gateway.store.client import Redis, store_errors
+from gateway.store.client import Redis, slot_chunks, store_errors
 from gateway.tasks import stop_task
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,6 @@ COUNTED_CODES = frozenset({"invalid_credentials", "expired_key", "invalid_signat
                            "signature_expired", "replayed_request"})
 
 BLOCKS = "gw:blocks"
-COUNT_PREFIX = "gw:bf:count:"
-BLOCK_PREFIX = "gw:bf:block:"
 FLUSH_INTERVAL = 0.25
 FLUSH_CHUNK = 500  # addresses per script call
 MAX_TRACKED = 100_000
@@ -105,6 +103,16 @@ for i = 1, #KEYS / 2 do
 end
 return out
 """
+
+
+def count_key(window: int, client: str) -> str:
+    """An address's failures in one window. Its block key shares the hash tag: one script call
+    updates both, in one Redis Cluster slot."""
+    return f"gw:bf:{{{client}}}:count:{window}"
+
+
+def block_key(client: str) -> str:
+    return f"gw:bf:{{{client}}}:block"
 
 
 # -- who is the client ----------------------------------------------------------------------------
@@ -328,14 +336,15 @@ class FailureThrottle:
                 entry.known += entry.pending
                 entry.pending = 0
         self._dirty.clear()
-        for start in range(0, len(batch), FLUSH_CHUNK):
-            chunk = batch[start:start + FLUSH_CHUNK]
+        chunks = list(slot_chunks(self.redis, batch, lambda item: block_key(item[0]),
+                                  FLUSH_CHUNK))
+        for index, chunk in enumerate(chunks):
             try:
                 answers = await self._send(chunk, config)
             except (StoreError, asyncio.CancelledError):
                 # Kept for the next flush (after a cancellation, as at shutdown, a chunk the
                 # store did apply may then count twice: an over-count, never a loss).
-                self._restore(batch[start:])
+                self._restore(item for rest in chunks[index:] for item in rest)
                 raise
             self._apply(chunk, answers)
 
@@ -347,7 +356,7 @@ class FailureThrottle:
                                  max(1, int(config.block_for * 1000)), config.max_failures,
                                  BLOCKS]
         for client, _, count, window in chunk:
-            keys += [f"{COUNT_PREFIX}{window}:{client}", BLOCK_PREFIX + client]
+            keys += [count_key(window, client), block_key(client)]
             args += [count, client]
         with store_errors():
             answers = await self._flush_script(keys=keys, args=args)

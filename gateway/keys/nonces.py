@@ -1,9 +1,13 @@
 """Replay protection for signed requests: each nonce is claimed once with `SET NX PX`.
 
 Claims share round trips: one script call sets a whole batch, and a worker has at most one
-batch out at a time (see ReplayGuard). The batch goes out on a connection of the guard's own
-(gateway.store.direct), as a command packed here: redis-py's per-command machinery cost more CPU
-than everything else a signed request does, and every signed request makes a claim.
+batch out at a time (see ReplayGuard). On one Redis or a Sentinel group's master the batch goes
+out on a connection of the guard's own (gateway.store.direct), as a command packed here:
+redis-py's per-command machinery cost more CPU than everything else a signed request does, and
+every signed request makes a claim. On a Redis Cluster a batch's nonces live in many slots (they
+are spread by their own hash, so no master holds more than its share), so the batch goes as one
+non-transactional pipeline of `SET NX PX`, which redis-py's cluster client sends per node and
+follows through MOVED and ASK.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from functools import partial
 import hiredis
 
 from gateway.errors import StoreError, StoreUnavailable
-from gateway.store.client import Redis
+from gateway.store.client import GatedCluster, Redis, store_errors
 from gateway.store.direct import DirectConnection, Reply, bulk
 
 NONCE = "gw:nonce:"
@@ -45,7 +49,7 @@ def pack_claims(command: bytes, script: bytes, keys: list[bytes], px: int) -> by
                      bulk(b"%d" % len(keys)), *keys, bulk(b"%d" % px)])
 
 
-Claim = tuple[bytes, int, "asyncio.Future[bool]"]  # packed key, lifetime (ms), its waiter
+Claim = tuple[bytes, int, "asyncio.Future[bool]"]  # nonce key, lifetime (ms), its waiter
 
 
 def _closing() -> StoreUnavailable:
@@ -65,7 +69,9 @@ class ReplayGuard:
     expires early."""
 
     def __init__(self, redis: Redis) -> None:
-        self._connection = DirectConnection(redis)
+        self._cluster = redis if isinstance(redis, GatedCluster) else None
+        self._connection = DirectConnection(redis) if not isinstance(redis, GatedCluster) \
+            else None
         self._pending: list[Claim] = []
         self._in_flight = False
         self._opening: asyncio.Task[None] | None = None
@@ -79,7 +85,7 @@ class ReplayGuard:
         if self._closed:
             future.set_exception(_closing())
             return future
-        self._pending.append((bulk(nonce_key(key_id, nonce)), max(int(ttl * 1000), 1), future))
+        self._pending.append((nonce_key(key_id, nonce), max(int(ttl * 1000), 1), future))
         if len(self._pending) == 1 and not self._in_flight:
             loop.call_soon(self._send)  # the others made in this loop turn join it
         return future
@@ -90,7 +96,8 @@ class ReplayGuard:
         self._closed = True
         if self._opening is not None:
             self._opening.cancel()  # its done-callback fails the batch it held
-        self._connection.close()  # fails the batch that is out, if any
+        if self._connection is not None:
+            self._connection.close()  # fails the batch that is out, if any
         self._failed([], _closing())  # and what is queued
 
     def _send(self) -> None:
@@ -98,6 +105,11 @@ class ReplayGuard:
             return
         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
         self._in_flight = True
+        if self._cluster is not None:
+            task = asyncio.get_running_loop().create_task(self._claim_on_cluster(batch))
+            task.add_done_callback(partial(self._cluster_done, batch))
+            return
+        assert self._connection is not None
         if self._connection.is_open:
             self._write(batch, b"EVALSHA", CLAIM_SHA)
             return
@@ -115,8 +127,29 @@ class ReplayGuard:
         else:
             self._write(batch, b"EVALSHA", CLAIM_SHA)
 
+    async def _claim_on_cluster(self, batch: list[Claim]) -> None:
+        assert self._cluster is not None
+        with store_errors():
+            async with self._cluster.pipeline(transaction=False) as pipe:
+                for key, px, _ in batch:
+                    pipe.set(key, b"1", nx=True, px=px)
+                replies = await pipe.execute()
+        for (_, _, future), stored in zip(batch, replies, strict=True):
+            if not future.done():
+                future.set_result(bool(stored))
+
+    def _cluster_done(self, batch: list[Claim], task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._closed:
+            self._failed(batch, _closing())
+        elif (exc := task.exception()) is not None:
+            self._failed(batch, exc)
+        else:
+            self._in_flight = False
+            self._send()
+
     def _write(self, batch: list[Claim], command: bytes, script: bytes) -> None:
-        packed = pack_claims(command, script, [key for key, _, _ in batch],
+        assert self._connection is not None
+        packed = pack_claims(command, script, [bulk(key) for key, _, _ in batch],
                              max(px for _, px, _ in batch))
         self._connection.send(packed, partial(self._answered, batch, command),
                               partial(self._failed, batch))
@@ -126,6 +159,13 @@ class ReplayGuard:
             if command == b"EVALSHA" and str(reply).startswith("NOSCRIPT"):
                 # A fresh or flushed Redis: EVAL runs the script and caches it again.
                 self._write(batch, b"EVAL", CLAIM_SCRIPT)
+                return
+            if str(reply).startswith(("READONLY", "MASTERDOWN", "LOADING")):
+                # A master demoted by a failover (or one not ready): reopen, which asks the
+                # sentinels afresh, rather than keep writing to a replica for good.
+                assert self._connection is not None
+                self._connection.close()
+                self._failed(batch, StoreUnavailable(f"key store unavailable: {reply}"))
                 return
             self._failed(batch, StoreError(f"key store error: {reply}"))
             return

@@ -40,6 +40,15 @@ AUTH_RESULTS = Counter("gateway_auth_results",
 KEY_CACHE = Counter("gateway_key_cache", "Key cache lookups: hit, miss, negative_hit, stale",
                     ["result"])
 STORE_ERRORS = Counter("gateway_store_errors", "Key store calls that failed or timed out")
+STORE_POOL_EXHAUSTED = Counter("gateway_store_pool_exhausted",
+                               "Store calls refused because every pooled connection stayed "
+                               "busy for redis.timeout (not an outage of the store)")
+STORE_UP = Gauge("gateway_store_up", "1 while the key store answers and can take writes, else 0",
+                 multiprocess_mode="min")
+STORE_WARNINGS = Gauge("gateway_store_config_warnings",
+                       "Settings of the external Redis that put the gateway's data at risk "
+                       "(eviction policy, no persistence), by setting",
+                       ["setting"], multiprocess_mode="max")
 CONFIG_RELOADS = Counter("gateway_config_reloads", "Config reloads, by result (ok, error)",
                          ["result"])
 IN_FLIGHT = Gauge("gateway_requests_in_flight", "Requests being handled now",

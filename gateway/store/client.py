@@ -1,34 +1,266 @@
-"""Opening the Redis connection pool and translating Redis errors at this boundary."""
+"""Opening the Redis client for the configured topology, and translating Redis errors at this
+boundary (SPEC §7).
+
+One client per process, of one of three kinds, all from redis-py:
+- one Redis (`redis://`, `rediss://`, `unix://`);
+- the master of a Sentinel-managed group (`redis+sentinel://`): redis-py's Sentinel pool asks the
+  sentinels for the master on every new connection, and turns a write refused by a demoted master
+  (READONLY) into a dropped connection, so the next attempt finds the new one;
+- a Redis Cluster (`redis+cluster://`): redis-py's cluster client follows MOVED and ASK itself.
+
+Connections. Every command passes a gate of `redis.pool_size` places per process: past it callers
+wait (up to `redis.timeout`) instead of failing, so a burst of cold lookups queues rather than
+turning into 503s, and an exhausted gate is reported as such (log and metric), never as an
+outage. The pool under the gate is sized to match, so it never refuses a connection itself. A
+connection the server closed is retried once on a fresh one (a Redis restart costs no request
+once Redis answers again). Connections idle longer than `redis.idle_timeout` are closed by
+`close_idle`, which the worker calls periodically. Every connection carries a client name:
+`CLIENT LIST` shows `gateway:<host>:<pid>:<role>`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import logging
+import multiprocessing
+import os
+import re
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeAlias, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.crc import key_slot
 
 from gateway.config import Config
-from gateway.errors import StoreError, StoreUnavailable
+from gateway.errors import PoolExhausted, StoreError, StoreUnavailable
+from gateway.observability.metrics import STORE_POOL_EXHAUSTED
 from gateway.store.embedded import EmbeddedRedis
+from gateway.store.urls import StoreAddress, parse_store_url
 
-Redis = aioredis.Redis
+log = logging.getLogger(__name__)
+
+DEFAULT_POOL_SIZE = 64
+POOL_SLACK = 4  # connections beyond the gate: the invalidation subscription, a pipeline
+EXHAUSTED_LOG_INTERVAL = 10.0
+
+_role: str | None = None
 
 
-def connect(url: str, timeout: float) -> Redis:
-    """One pool per process. No retries inside redis-py: every store call is bounded by
-    `timeout`, and the callers decide what an unavailable store means (stale cache, or 503)."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=False,
-        health_check_interval=30,
-    )
+def set_process_role(role: str) -> None:
+    """Name this process's part in connection names: `supervisor`, `cli` (a supervised worker
+    is `worker-<slot>` by itself)."""
+    global _role
+    _role = role
+
+
+def _process_role() -> str:
+    if _role is not None:
+        return _role
+    name = multiprocessing.current_process().name  # the supervisor names its workers
+    return "worker-" + name.removeprefix("gateway-worker-") \
+        if name.startswith("gateway-worker-") else "main"
+
+
+def client_name(prefix: str | None = None, role: str | None = None) -> str:
+    # CLIENT SETNAME takes no spaces or newlines; a host name has neither, but be sure.
+    name = f"{prefix or 'gateway'}:{socket.gethostname()}:{os.getpid()}:" \
+           f"{role or _process_role()}"
+    return re.sub(r"[^\x21-\x7e]", "_", name)[:128]
+
+
+class PoolGate:
+    """At most `size` store commands of this process at once; the others wait their turn, each
+    for at most `timeout` seconds. `peak` (reset by close_idle) says how many connections the
+    busiest moment needed."""
+
+    def __init__(self, size: int, timeout: float) -> None:
+        self.size = size
+        self.timeout = timeout
+        self.in_use = 0
+        self.peak = 0
+        self._free = asyncio.Semaphore(size)
+        self._said_at = -EXHAUSTED_LOG_INTERVAL
+
+    async def enter(self) -> None:
+        if self._free.locked():
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._free.acquire()
+            except TimeoutError:
+                raise self._exhausted() from None
+        else:
+            await self._free.acquire()  # free: returns without suspending
+        self.in_use += 1
+        self.peak = max(self.peak, self.in_use)
+
+    def leave(self) -> None:
+        self.in_use -= 1
+        self._free.release()
+
+    def _exhausted(self) -> PoolExhausted:
+        STORE_POOL_EXHAUSTED.inc()
+        now = time.monotonic()
+        if now - self._said_at >= EXHAUSTED_LOG_INTERVAL:  # once per interval, not per request
+            self._said_at = now
+            log.warning("key store connection pool exhausted: all %d connections busy for "
+                        "%.1f s (raise redis.pool_size, or look for a slow Redis)",
+                        self.size, self.timeout)
+        return PoolExhausted(f"key store connection pool exhausted: all {self.size} "
+                             "connections busy")
+
+
+class GatedRedis(aioredis.Redis):
+    """One Redis, or a Sentinel group's master: every command passes the gate."""
+
+    gate: PoolGate | None = None
+    address: StoreAddress | None = None
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        gate = self.gate
+        if gate is None:
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        await gate.enter()
+        try:
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        finally:
+            gate.leave()
+
+
+class GatedCluster(RedisCluster):
+    gate: PoolGate | None = None
+    address: StoreAddress | None = None
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        gate = self.gate
+        if gate is None:
+            return await super().execute_command(*args, **kwargs)
+        await gate.enter()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            gate.leave()
+
+
+Redis: TypeAlias = GatedRedis | GatedCluster
+
+
+def is_cluster(redis: Redis) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
+def connect(url: str, timeout: float, *, pool_size: int = DEFAULT_POOL_SIZE,
+            role: str | None = None) -> Redis:
+    """The client for `url`. Commands are bounded by `timeout`; a connection error is retried
+    once on a fresh connection (a server that closed an idle one), nothing else: the callers
+    decide what an unavailable store means (stale cache, or 503)."""
+    address = parse_store_url(url)
+    name = client_name(address.option("client_name"), role)
+    common: dict[str, Any] = {
+        "socket_timeout": timeout, "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis_errors.ConnectionError,)),
+        "decode_responses": False, "health_check_interval": 30, "client_name": name,
+        **address.tls_kwargs(),
+    }
+    client: Redis
+    if address.topology == "cluster":
+        client = GatedCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in address.hosts],
+            username=address.username, password=address.password,
+            max_connections=pool_size + POOL_SLACK, **common)
+    elif address.topology == "sentinel":
+        sentinel_auth = {"username": address.option("sentinel_username"),
+                         "password": address.option("sentinel_password")}
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(address.hosts),
+            sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                             "client_name": name, **address.tls_kwargs(),
+                             **{k: v for k, v in sentinel_auth.items() if v is not None}},
+            **common)
+        client = cast(GatedRedis, sentinel.master_for(
+            address.master, redis_class=GatedRedis, db=address.db,
+            username=address.username, password=address.password,
+            max_connections=pool_size + POOL_SLACK))
+    else:
+        pool = BlockingConnectionPool.from_url(
+            _without_gateway_options(url), max_connections=pool_size + POOL_SLACK,
+            timeout=timeout, **{k: v for k, v in common.items()
+                                if k not in address.tls_kwargs()})
+        client = cast(GatedRedis, GatedRedis.from_pool(pool))
+    client.gate = PoolGate(pool_size, timeout)
+    client.address = address
+    return client
+
+
+T = TypeVar("T")
+
+
+def slot_chunks(redis: Redis, items: Iterable[T], key_of: Callable[[T], str | bytes],
+                size: int) -> Iterator[list[T]]:
+    """`items` in lists of at most `size`, each within one Redis Cluster slot (by the key
+    `key_of` names), so one script call may touch all of its keys. On one Redis, plain
+    chunks in the order given."""
+    if isinstance(redis, RedisCluster):
+        by_slot: dict[int, list[T]] = {}
+        for item in items:
+            key = key_of(item)
+            by_slot.setdefault(key_slot(key.encode() if isinstance(key, str) else key),
+                               []).append(item)
+        groups: Iterable[list[T]] = by_slot.values()
+    else:
+        groups = [list(items)]
+    for group in groups:
+        for start in range(0, len(group), size):
+            yield group[start:start + size]
+
+
+def _without_gateway_options(url: str) -> str:
+    # client_name is ours (the prefix of the names we give); redis-py would use it whole.
+    return re.sub(r"([?&])client_name=[^&]*&?", r"\1", url).rstrip("?&")
+
+
+def free_connections(redis: Redis) -> Iterator[list[AbstractConnection]]:
+    """Each pool's idle connections, reused from the end (redis-py pops the last released)."""
+    if isinstance(redis, RedisCluster):
+        for node in redis.get_nodes():
+            yield list(node._free)  # noqa: SLF001 - redis-py keeps no other handle on them
+    else:
+        yield list(redis.connection_pool._available_connections)  # noqa: SLF001
+
+
+async def close_idle(redis: Redis) -> int:
+    """Close the idle connections the busiest moment since the last call did not need.
+    Returns how many were closed. (redis-py reconnects a closed pooled connection on use.)"""
+    gate = redis.gate
+    keep = max(gate.peak if gate is not None else 0, 1)
+    if gate is not None:
+        gate.peak = gate.in_use
+    closed = 0
+    for free in free_connections(redis):
+        connected = [c for c in free if c.is_connected]
+        for connection in connected[:max(len(connected) - keep, 0)]:
+            await connection.disconnect()
+            closed += 1
+    return closed
+
+
+def connection_count(redis: Redis) -> int:
+    """Connections this client holds open now (idle and in use)."""
+    if isinstance(redis, RedisCluster):
+        return sum(sum(1 for c in node._connections if c.is_connected)  # noqa: SLF001
+                   for node in redis.get_nodes())
+    pool = redis.connection_pool
+    every: Iterable[AbstractConnection] = [*pool._available_connections,  # noqa: SLF001
+                                           *pool._in_use_connections]  # noqa: SLF001
+    return sum(1 for c in every if c.is_connected)
 
 
 @contextmanager
@@ -36,15 +268,30 @@ def store_errors() -> Iterator[None]:
     """Translate redis-py's exceptions into the gateway's tree."""
     try:
         yield
+    except StoreError:
+        raise  # already ours (the gate's PoolExhausted)
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError,
             TimeoutError) as exc:
         raise StoreUnavailable(f"key store unavailable: {exc.__class__.__name__}") from exc
+    except (redis_errors.ReadOnlyError, redis_errors.ClusterDownError,
+            redis_errors.TryAgainError, redis_errors.MasterDownError,
+            redis_errors.BusyLoadingError) as exc:
+        # A write to a demoted master, a cluster mid-failover or mid-resharding, a server
+        # loading its data: the store cannot serve now, and will again.
+        raise StoreUnavailable(f"key store unavailable: {exc.__class__.__name__}: {exc}") \
+            from exc
+    except redis_errors.ResponseError as exc:
+        if str(exc).startswith(("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "READONLY",
+                                "LOADING", "MASTERDOWN")):
+            raise StoreUnavailable(f"key store unavailable: {exc}") from exc
+        raise StoreError(f"key store error: {exc.__class__.__name__}: {exc}") from exc
     except redis_errors.RedisError as exc:
         raise StoreError(f"key store error: {exc.__class__.__name__}: {exc}") from exc
 
 
 @asynccontextmanager
-async def open_redis(config: Config) -> AsyncIterator[tuple[Redis, str]]:
+async def open_redis(config: Config, *, role: str | None = None
+                     ) -> AsyncIterator[tuple[Redis, str]]:
     """The configured store, for as long as the block runs: the embedded server is started (or
     joined, when a gateway already runs it) first and stopped after, if this process started it.
     Yields the client and the URL it reached."""
@@ -53,7 +300,7 @@ async def open_redis(config: Config) -> AsyncIterator[tuple[Redis, str]]:
     if url == "embedded":
         embedded = EmbeddedRedis(config.data_dir)
         url = await asyncio.to_thread(embedded.start)
-    redis = connect(url, config.redis.timeout)
+    redis = connect(url, config.redis.timeout, pool_size=config.redis.pool_size, role=role)
     try:
         yield redis, url
     finally:

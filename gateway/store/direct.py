@@ -7,7 +7,7 @@ millisecond or so per worker under load) that was more CPU than the claims thems
 command is one `transport.write` and its reply one call, parsed by hiredis.
 
 The connection is opened from the client's own settings, as redis-py would open it: a unix socket
-or TCP; TLS for `rediss://`, with the SSL context redis-py builds from the URL's options; AUTH
+or TCP (a Sentinel group's master: the address the sentinels name at each opening); TLS for `rediss://`, with the SSL context redis-py builds from the URL's options; AUTH
 (username and password, or the client's credential provider); SELECT; CLIENT SETNAME. It speaks
 RESP2. It is not part of the client's pool: its owner closes it.
 """
@@ -26,9 +26,10 @@ from redis.asyncio.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.asyncio.sentinel import SentinelManagedConnection
 
 from gateway.errors import StoreError, StoreUnavailable
-from gateway.store.client import Redis, store_errors
+from gateway.store.client import GatedRedis, store_errors
 
 # A reply as hiredis reads it: bytes, int, None, a list of replies, or a hiredis.ReplyError.
 Reply = Any
@@ -125,9 +126,9 @@ class _Protocol(asyncio.Protocol):
 
 
 class DirectConnection:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: GatedRedis) -> None:
         # A connection object of the client's pool, never connected: it holds the settings
-        # the client parsed from its URL.
+        # the client parsed from its URL (for a Sentinel group, all but the master's address).
         self._settings: AbstractConnection = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         self._timeout = self._settings.socket_timeout or DEFAULT_TIMEOUT
         self._protocol: _Protocol | None = None
@@ -175,7 +176,12 @@ class DirectConnection:
         if isinstance(settings, UnixDomainSocketConnection):
             _, made = await loop.create_unix_connection(protocol, settings.path)
             return made
-        host, port = settings.host, settings.port  # type: ignore[attr-defined]
+        if isinstance(settings, SentinelManagedConnection):
+            # Asked of the sentinels at every opening: after a failover the guard reopens
+            # (see ReplayGuard's READONLY rule) and lands on the new master.
+            host, port = await settings.connection_pool.get_master_address()
+        else:
+            host, port = settings.host, settings.port  # type: ignore[attr-defined]
         ssl = settings.ssl_context.get() if isinstance(settings, SSLConnection) else None
         transport, made = await loop.create_connection(protocol, host, port, ssl=ssl)
         sock = transport.get_extra_info("socket")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from gateway.auth.apikey import hash_secret
-from gateway.auth.throttle import BLOCK_PREFIX, BLOCKS, COUNT_PREFIX, FailureThrottle
+from gateway.auth.throttle import BLOCKS, FailureThrottle, block_key, count_key
 from gateway.config import BruteForceConfig, KeysConfig
 from gateway.errors import StoreError
 from gateway.keys.cache import InvalidationListener, KeyCache
@@ -109,10 +109,10 @@ async def test_failures_split_across_workers_pass_the_shared_limit(
     assert left is not None and 50 < left <= 60
     assert a.throttle.retry_after(OTHER) is None and b.throttle.retry_after(OTHER) is None
     with redis_clean.client() as direct:
-        counter = f"{COUNT_PREFIX}{int(clock() // config.window)}:{CLIENT}"
+        counter = count_key(int(clock() // config.window), CLIENT)
         assert direct.get(counter) == b"10"
         assert 0 < direct.pttl(counter) <= 61_000  # nothing is kept for ever
-        assert 50_000 < direct.pttl(BLOCK_PREFIX + CLIENT) <= 60_000
+        assert 50_000 < direct.pttl(block_key(CLIENT)) <= 60_000
 
 
 async def test_the_local_count_blocks_without_waiting_for_a_flush(
@@ -144,7 +144,7 @@ async def test_a_block_expires_everywhere(redis_clean: RedisServer,
     with redis_clean.client() as direct:
         # Redis times the key from when the script ran, a moment after the `now` the workers
         # time their blocks from: it may outlive them by that moment, not by more.
-        await until(lambda: not direct.exists(BLOCK_PREFIX + CLIENT), "block key gone", 0.5)
+        await until(lambda: not direct.exists(block_key(CLIENT)), "block key gone", 0.5)
     if clock() < window_ends - 1.5:  # (a very slow machine may be past it)
         # Still the same window, still past the limit: the next failure blocks again.
         fail(a, CLIENT, 1)
@@ -216,10 +216,10 @@ async def test_a_store_that_is_down_breaks_nothing(own_redis: RedisServer,
     own_redis.start()
     window = int(clock() // config.window)
     with own_redis.client() as direct:
-        await until(lambda: direct.get(f"{COUNT_PREFIX}{window}:{OTHER}") == b"20"
-                    and direct.get(f"{COUNT_PREFIX}{window}:{CLIENT}") == b"50",
+        await until(lambda: direct.get(count_key(window, OTHER)) == b"20"
+                    and direct.get(count_key(window, CLIENT)) == b"50",
                     "kept counts shared")
-        await until(lambda: direct.exists(BLOCK_PREFIX + CLIENT), "the block stored")
+        await until(lambda: direct.exists(block_key(CLIENT)), "the block stored")
     await until(lambda: "shared again" in caplog.text, "the recovery logged")
     warnings = [r for r in caplog.records if "cannot be shared" in r.getMessage()]
     assert len(warnings) == 1
@@ -246,7 +246,7 @@ async def test_redis_commands_per_failure_stay_far_below_one(
     commands = redis_clean.command_count() - before
     with redis_clean.client() as direct:
         window = int(clock() // config.window)
-        shared = sum(int(direct.get(f"{COUNT_PREFIX}{window}:{c}") or 0) for c in clients)
+        shared = sum(int(direct.get(count_key(window, c)) or 0) for c in clients)
     assert shared == failures  # every failure was shared
     per_failure = commands / failures
     print(f"\n{failures} failures from {len(clients)} addresses: {commands} Redis commands, "
