@@ -47,7 +47,7 @@ class Periodic:
             await asyncio.sleep(self.interval())
             try:
                 await self.step()
-            except Exception as exc:  # noqa: BLE001 - any step failure: say so, go on
+            except Exception as exc:
                 if self.on_error is not None:
                     self.on_error(exc)
                 else:

@@ -231,9 +231,9 @@ def free_connections(redis: Redis) -> Iterator[list[AbstractConnection]]:
     """Each pool's idle connections, reused from the end (redis-py pops the last released)."""
     if isinstance(redis, RedisCluster):
         for node in redis.get_nodes():
-            yield list(node._free)  # noqa: SLF001 - redis-py keeps no other handle on them
+            yield list(node._free)
     else:
-        yield list(redis.connection_pool._available_connections)  # noqa: SLF001
+        yield list(redis.connection_pool._available_connections)
 
 
 async def close_idle(redis: Redis) -> int:
@@ -255,11 +255,11 @@ async def close_idle(redis: Redis) -> int:
 def connection_count(redis: Redis) -> int:
     """Connections this client holds open now (idle and in use)."""
     if isinstance(redis, RedisCluster):
-        return sum(sum(1 for c in node._connections if c.is_connected)  # noqa: SLF001
+        return sum(sum(1 for c in node._connections if c.is_connected)
                    for node in redis.get_nodes())
     pool = redis.connection_pool
-    every: Iterable[AbstractConnection] = [*pool._available_connections,  # noqa: SLF001
-                                           *pool._in_use_connections]  # noqa: SLF001
+    every: Iterable[AbstractConnection] = [*pool._available_connections,
+                                           *pool._in_use_connections]
     return sum(1 for c in every if c.is_connected)
 
 

@@ -7,9 +7,10 @@ millisecond or so per worker under load) that was more CPU than the claims thems
 command is one `transport.write` and its reply one call, parsed by hiredis.
 
 The connection is opened from the client's own settings, as redis-py would open it: a unix socket
-or TCP (a Sentinel group's master: the address the sentinels name at each opening); TLS for `rediss://`, with the SSL context redis-py builds from the URL's options; AUTH
-(username and password, or the client's credential provider); SELECT; CLIENT SETNAME. It speaks
-RESP2. It is not part of the client's pool: its owner closes it.
+or TCP (for a Sentinel group, the master the sentinels name at each opening); TLS for
+`rediss://`, with the SSL context redis-py builds from the URL's options; AUTH (username and
+password, or the client's credential provider); SELECT; CLIENT SETNAME. It speaks RESP2.
+It is not part of the client's pool: its owner closes it.
 """
 
 from __future__ import annotations
