@@ -3,7 +3,6 @@ and the admin web page at `/ui/`: static files from `ui/` under a strict Content
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -21,12 +20,11 @@ from gateway.admin.api import (
 )
 from gateway.admin.openapi import openapi_document
 from gateway.config import Config
-from gateway.errors import StoreError
 from gateway.keys.secrets import SecretBox
 from gateway.keys.store import KeyStore
 from gateway.observability.metrics import render
 from gateway.reload import ConfigReloader
-from gateway.store.client import store_errors
+from gateway.store.watch import StoreWatch
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +34,26 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready when the store answers and can take writes (a demoted master, a cluster with a
+    slot uncovered, a pool that stays exhausted: not ready) and every worker is up. The store's
+    risky settings are listed as warnings either way."""
     config = request.app[CONFIG_KEY]()
-    redis = request.app[STORE_KEY].redis
-    try:
-        with store_errors():
-            await asyncio.wait_for(redis.ping(), timeout=config.redis.timeout)
-    except (StoreError, TimeoutError) as exc:
-        reason = str(exc) or "key store did not answer in time"
-        return web.json_response({"status": "unavailable", "reason": reason}, status=503)
+    health = await request.app[STORE_WATCH_KEY].check()
+    address = request.app[STORE_KEY].redis.address
+    store = {"store": address.describe() if address is not None else "unknown",
+             "warnings": list(health.warnings)}
+    if not health.writable:
+        return web.json_response({"status": "unavailable",
+                                  "reason": f"key store unavailable: {health.reason}",
+                                  **store}, status=503)
     readiness = request.app[READINESS_KEY]
     not_ready = readiness() if readiness is not None else None
     if not_ready is not None:
-        return web.json_response({"status": "unavailable", "reason": not_ready}, status=503)
+        return web.json_response({"status": "unavailable", "reason": not_ready, **store},
+                                 status=503)
     return web.json_response({"status": "ready", "config": config.source,
-                              "config_hash": config.digest, "routes": len(config.routes)})
+                              "config_hash": config.digest, "routes": len(config.routes),
+                              **store})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -103,6 +107,7 @@ async def ui_file(request: web.Request) -> web.Response:
 OPENAPI_KEY: web.AppKey[dict[str, object]] = web.AppKey("openapi")
 METRICS_DIR_KEY: web.AppKey[Path | None] = web.AppKey("metrics_dir")
 READINESS_KEY: web.AppKey[Callable[[], str | None] | None] = web.AppKey("readiness")
+STORE_WATCH_KEY: web.AppKey[StoreWatch] = web.AppKey("store_watch")
 UI_FILES_KEY: web.AppKey[dict[str, tuple[bytes, str]]] = web.AppKey("ui_files")
 
 
@@ -111,9 +116,13 @@ def create_admin_app(store: KeyStore, config: Callable[[], Config],
                      metrics_dir: Path | None = None,
                      readiness: Callable[[], str | None] | None = None,
                      secret_box: SecretBox | None = None,
-                     proxy_port: int | None = None) -> web.Application:
+                     proxy_port: int | None = None,
+                     store_watch: StoreWatch | None = None) -> web.Application:
     app = web.Application(middlewares=[admin_middleware], client_max_size=64 * 1024)
     app[STORE_KEY] = store
+    # The process's own watch when it runs one; else one for /readyz's checks alone.
+    app[STORE_WATCH_KEY] = store_watch or StoreWatch(store.redis, config().redis.timeout,
+                                                     config().redis.idle_timeout)
     app[CONFIG_KEY] = config
     app[RELOADER_KEY] = reloader
     app[METRICS_DIR_KEY] = metrics_dir

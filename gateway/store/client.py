@@ -21,6 +21,7 @@ once Redis answers again). Connections idle longer than `redis.idle_timeout` are
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import multiprocessing
 import os
@@ -118,6 +119,20 @@ class PoolGate:
                              "connections busy")
 
 
+# Set while the store watch checks the store: readiness must say whether the store can take
+# writes, not wait behind (or be refused by) a pool the requests keep busy.
+_UNGATED: contextvars.ContextVar[bool] = contextvars.ContextVar("ungated", default=False)
+
+
+@contextmanager
+def ungated() -> Iterator[None]:
+    token = _UNGATED.set(True)
+    try:
+        yield
+    finally:
+        _UNGATED.reset(token)
+
+
 class GatedRedis(aioredis.Redis):
     """One Redis, or a Sentinel group's master: every command passes the gate."""
 
@@ -126,7 +141,7 @@ class GatedRedis(aioredis.Redis):
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         gate = self.gate
-        if gate is None:
+        if gate is None or _UNGATED.get():
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         await gate.enter()
         try:
@@ -141,7 +156,7 @@ class GatedCluster(RedisCluster):
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         gate = self.gate
-        if gate is None:
+        if gate is None or _UNGATED.get():
             return await super().execute_command(*args, **kwargs)
         await gate.enter()
         try:
