@@ -23,6 +23,20 @@ def _exhausted_total() -> float:
     return REGISTRY.get_sample_value("gateway_store_pool_exhausted_total") or 0.0
 
 
+_BUSY = """
+local t = redis.call('TIME')
+local until_us = t[1] * 1000000 + t[2] + tonumber(ARGV[1])
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= until_us
+return 1
+"""
+
+
+def _hold_redis(server: RedisServer, seconds: float) -> None:
+    """Keep Redis busy (one script, which nothing interrupts) for `seconds`."""
+    with server.client() as client:
+        client.eval(_BUSY, 0, int(seconds * 1_000_000))
+
+
 def _clients(server: RedisServer) -> list[dict[str, str]]:
     with server.client() as client:
         return [dict(c) for c in client.client_list()]
@@ -42,13 +56,26 @@ async def test_300_concurrent_cold_lookups_in_one_worker_wait_their_turn(
                                                      "pool_size": 16}))
     before = _exhausted_total()
 
+    # aiohttp's own default would keep only 100 requests in flight.
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
     async def one(secret: str) -> int:
-        async with http.get(gateway.url + "/echo/x", headers=api_key(secret)) as response:
+        async with session.get(gateway.url + "/echo/x", headers=api_key(secret)) as response:
             return response.status
 
-    statuses = await asyncio.gather(*(one(s) for s in secrets))
+    # A slow moment of Redis (a 0.3 s script holds it) while the 300 arrive: they pile up
+    # in the worker, all at once.
+    slow = asyncio.ensure_future(asyncio.to_thread(_hold_redis, redis_clean, 0.3))
+    await asyncio.sleep(0.05)
+    try:
+        statuses = await asyncio.gather(*(one(s) for s in secrets))
+    finally:
+        await session.close()
+    await slow
     assert statuses.count(200) == 300, sorted(set(statuses))
     assert _exhausted_total() == before
+    gate = gateway.running.redis.gate
+    assert gate is not None and gate.peak == 16  # they did queue: every place was taken
     # Bounded by the gate (plus the subscription and the nonce connection's slack).
     assert connection_count(gateway.running.redis) <= 16 + 4
 
