@@ -124,6 +124,16 @@ class RedisConfig:
     # Store commands in flight at once per process; past it callers wait up to `timeout`.
     pool_size: int = 64
     idle_timeout: float = 60.0  # pooled connections unused this long are closed
+    # Writes that must not be lost (revocations, reissues, disables, creations, nonce claims)
+    # are answered only once this many replicas hold them (Redis WAIT). None: 1 for a
+    # Sentinel URL (its old master takes writes it will lose during a failover), else 0.
+    confirm_replicas: int | None = None
+
+    @property
+    def replicas_to_confirm(self) -> int:
+        if self.confirm_replicas is not None:
+            return self.confirm_replicas
+        return 1 if self.url.lower().startswith(("redis+sentinel:", "rediss+sentinel:")) else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +321,13 @@ def _redis_url(value: object) -> str:
     return url
 
 
+def _replica_count(value: object) -> int:
+    count = _count(value)
+    if count > 16:
+        raise ValueError("must be between 0 and 16")
+    return count
+
+
 def _pool_size(value: object) -> int:
     size = _count(value)
     if not 1 <= size <= 10_000:
@@ -466,7 +483,8 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         token=reader.get(raw, "token", "admin.token", _string, None),
         tokens=reader.get(raw, "tokens", "admin.tokens", _admin_tokens, ()),
     )
-    raw = reader.section(data, "redis", {"url", "timeout", "pool_size", "idle_timeout"})
+    raw = reader.section(data, "redis", {"url", "timeout", "pool_size", "idle_timeout",
+                                         "confirm_replicas"})
     redis = RedisConfig(
         url=reader.get(raw, "url", "redis.url", _redis_url, _REDIS.url),
         timeout=reader.get(raw, "timeout", "redis.timeout", _positive_duration,
@@ -475,7 +493,12 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
                              _REDIS.pool_size),
         idle_timeout=reader.get(raw, "idle_timeout", "redis.idle_timeout", _positive_duration,
                                 _REDIS.idle_timeout),
+        confirm_replicas=reader.get(raw, "confirm_replicas", "redis.confirm_replicas",
+                                    _replica_count, None),
     )
+    if redis.confirm_replicas and "+cluster:" in redis.url.lower():
+        reader.problem("redis.confirm_replicas", "not available on a Redis Cluster (its "
+                       "manual failovers lose nothing; see README, Running a fleet)")
     raw = reader.section(data, "keys", {"default_scopes", "cache_ttl", "negative_cache_ttl",
                                         "stale_if_error", "last_used_flush"})
     keys = KeysConfig(

@@ -34,6 +34,7 @@ from gateway.proxy.listener import ProxyServer
 from gateway.proxy.upstream import UpstreamPool
 from gateway.reload import ConfigReloader
 from gateway.store.client import Redis, open_redis
+from gateway.store.watch import StoreWatch
 from gateway.tasks import stop_task
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,17 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
     # flushed, then the store goes away.
     async with AsyncExitStack() as stack:
         redis, redis_url = await stack.enter_async_context(open_redis(config))
-        store = KeyStore(redis)
+        store = KeyStore(redis, confirm_replicas=config.redis.replicas_to_confirm,
+                         confirm_timeout=config.redis.timeout / 2)
         stack.callback(store.close)
+        await migrate_layout(store)
         secret_box = await _secret_box(config, store)
+        watch = StoreWatch(redis, config.redis.timeout, config.redis.idle_timeout,
+                           confirm_replicas=config.redis.replicas_to_confirm,
+                           on_confirm=store.confirm)
+        await watch.check()  # says at once what is wrong with the store, if anything
+        watch.start()
+        stack.push_async_callback(watch.stop)
 
         cache = KeyCache(store, config.keys)
         throttle = FailureThrottle(redis, config.brute_force)
@@ -78,6 +87,8 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
         listener = InvalidationListener(redis, cache, handlers={BLOCKS: throttle.handle_message})
         listener.start()
         stack.push_async_callback(listener.stop)
+        # A Sentinel failover: claims and subscription move to the new master at once.
+        watch.on_master_change += [store.reopen, listener.resubscribe]
         # Lookups that race the first subscription are not cached (subscribing drops the
         # cache), so give it a moment; a store that is down must not stop the gateway starting.
         try:
@@ -123,7 +134,8 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
         if admin:
             admin_runner = web.AppRunner(
                 create_admin_app(store, lambda: handler.state.config, reloader,
-                                 secret_box=secret_box, proxy_port=proxy_port),
+                                 secret_box=secret_box, proxy_port=proxy_port,
+                                 store_watch=watch),
                 access_log=None)
             await admin_runner.setup()
             stack.push_async_callback(admin_runner.cleanup)
@@ -134,6 +146,15 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
                              redis_url=redis_url, redis=redis, handler=handler, cache=cache,
                              usage=usage, listener=listener, reloader=reloader,
                              access_log=access_log)
+
+
+async def migrate_layout(store: KeyStore) -> None:
+    """Bring data written by an older gateway to this layout (idempotent; several instances
+    may run it at once). A store that is down now is migrated by a later start."""
+    try:
+        await store.migrate()
+    except StoreError as exc:
+        log.warning("could not check the store's layout at start-up: %s", exc)
 
 
 async def check_master_key(master_key: bytes | None, store: KeyStore) -> None:

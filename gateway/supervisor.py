@@ -197,8 +197,9 @@ class Supervisor:
         from gateway.keys.secrets import SecretBox, load_master_key
         from gateway.keys.store import KeyStore
         from gateway.reload import ConfigReloader
-        from gateway.server import check_master_key
-        from gateway.store.client import open_redis
+        from gateway.server import check_master_key, migrate_layout
+        from gateway.store.client import open_redis, set_process_role
+        from gateway.store.watch import StoreWatch
 
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -212,8 +213,17 @@ class Supervisor:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_stop)
         async with AsyncExitStack() as stack:
+            set_process_role("supervisor")
             redis, redis_url = await stack.enter_async_context(open_redis(self.config))
-            store = KeyStore(redis)
+            store = KeyStore(redis, confirm_replicas=self.config.redis.replicas_to_confirm,
+                             confirm_timeout=self.config.redis.timeout / 2)
+            await migrate_layout(store)
+            watch = StoreWatch(redis, self.config.redis.timeout, self.config.redis.idle_timeout,
+                               confirm_replicas=self.config.redis.replicas_to_confirm,
+                               on_confirm=store.confirm)
+            await watch.check()  # says at once what is wrong with the store, if anything
+            watch.start()
+            stack.push_async_callback(watch.stop)
             master_key = load_master_key(self.config)
             await check_master_key(master_key, store)
             # Workers join the store this process opened (and own no embedded server), and
@@ -234,7 +244,8 @@ class Supervisor:
                                  metrics_dir=metrics_dir(self.config),
                                  readiness=self.readiness,
                                  secret_box=SecretBox(master_key) if master_key else None,
-                                 proxy_port=self.config.listen.port or None),
+                                 proxy_port=self.config.listen.port or None,
+                                 store_watch=watch),
                 access_log=None)
             await admin_runner.setup()
             stack.push_async_callback(admin_runner.cleanup)

@@ -18,13 +18,16 @@ from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 import click
+from redis.exceptions import RedisError
 
 from gateway.config import load_config, parse_duration
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, GatewayError, StoreUnavailable
 from gateway.keys.secrets import SecretBox, load_master_key
 from gateway.keys.service import KeyService
 from gateway.keys.store import KeyStore
 from gateway.store.client import open_redis
+from gateway.store.health import describe_store_error
+from gateway.store.watch import StoreWatch
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -39,11 +42,19 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 @asynccontextmanager
 async def _service(config_path: str | None) -> AsyncIterator[KeyService]:
     config = load_config(config_path, os.environ)
-    async with open_redis(config) as (redis, _url):
+    async with open_redis(config, role="cli") as (redis, _url):
+        store = KeyStore(redis, confirm_replicas=config.redis.replicas_to_confirm,
+                         confirm_timeout=config.redis.timeout / 2)
+        if config.redis.replicas_to_confirm:
+            # Writes wait for as many replicas as the master has now (up to the setting).
+            await StoreWatch(redis, config.redis.timeout, config.redis.idle_timeout,
+                             confirm_replicas=config.redis.replicas_to_confirm,
+                             on_confirm=store.confirm).check()
+        await store.migrate()
         # With the embedded store the master key file is made on first use; an external store
         # needs GATEWAY_MASTER_KEY, and only HMAC keys ask for it.
         master_key = load_master_key(config, create=True)
-        yield KeyService(KeyStore(redis), default_scopes=config.keys.default_scopes,
+        yield KeyService(store, default_scopes=config.keys.default_scopes,
                          secret_box=SecretBox(master_key) if master_key else None)
 
 
@@ -60,6 +71,10 @@ def with_service(func: Callable[..., Awaitable[None]]) -> Callable[..., None]:
             asyncio.run(body())
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
+        except StoreUnavailable as exc:
+            # The cause in plain words (connection refused, authentication failed, ...).
+            raise click.ClickException("key store unavailable: "
+                                       f"{describe_store_error(exc)}") from None
         except GatewayError as exc:
             raise click.ClickException(str(exc)) from None
         except BrokenPipeError:
@@ -67,6 +82,9 @@ def with_service(func: Callable[..., Awaitable[None]]) -> Callable[..., None]:
             # from complaining while it flushes stdout at exit.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
+        except RedisError as exc:  # whatever escaped the store's own translation
+            raise click.ClickException(f"key store error: {describe_store_error(exc)}") \
+                from None
 
     return wrapper
 

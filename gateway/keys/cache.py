@@ -30,7 +30,7 @@ from gateway.keys.model import Account, KeyRecord
 from gateway.keys.store import EVENTS, KeyStore
 from gateway.observability.metrics import KEY_CACHE, STORE_ERRORS
 from gateway.observability.tally import TALLY
-from gateway.store.client import Redis
+from gateway.store.client import Redis, subscriber
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +301,7 @@ class InvalidationListener:
         self.cache = cache
         self.subscribed = asyncio.Event()
         self._stopping = False
+        self._moving = False
         self._task: asyncio.Task[None] | None = None
         # Channel (as redis-py reports it: bytes) -> callback.
         self._handlers: dict[bytes, Callable[[bytes], None]] = {
@@ -315,6 +316,12 @@ class InvalidationListener:
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 
+    def resubscribe(self) -> None:
+        """Subscribe again, on the store's current master (a Sentinel failover: what is
+        published on the new master never reaches a subscriber of the old). Within one POLL;
+        the cache is dropped as for any gap."""
+        self._moving = True
+
     async def stop(self) -> None:
         # redis-py can swallow a cancellation that lands inside a read and carry on reading,
         # so the loop also checks this flag after every bounded wait.
@@ -327,8 +334,11 @@ class InvalidationListener:
 
     async def _run(self) -> None:
         delay = self.RETRY_MIN
+        attempt = 0
         while not self._stopping:
-            pubsub = self.redis.pubsub()
+            client, owned = subscriber(self.redis, attempt)
+            attempt += 1
+            pubsub = client.pubsub()
             try:
                 await pubsub.subscribe(*self._handlers)
                 assert pubsub.connection is not None
@@ -337,6 +347,9 @@ class InvalidationListener:
                 self.subscribed.set()
                 delay = self.RETRY_MIN
                 while not self._stopping:
+                    if self._moving:
+                        self._moving = False
+                        raise ConnectionError("the store has a new master")
                     message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                        timeout=self.POLL)
                     if message is not None and message.get("type") == "message":
@@ -354,6 +367,8 @@ class InvalidationListener:
                 self.cache.drop_all()
             finally:
                 await _close_quietly(pubsub)
+                if owned:
+                    await _close_quietly(client)
             if not self._stopping:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.RETRY_MAX)

@@ -20,7 +20,7 @@ import hiredis
 
 from gateway.errors import StoreError, StoreUnavailable
 from gateway.store.client import GatedCluster, Redis, store_errors
-from gateway.store.direct import DirectConnection, Reply, bulk
+from gateway.store.direct import DirectConnection, Reply, bulk, pack
 
 NONCE = "gw:nonce:"
 MAX_BATCH = 512
@@ -68,7 +68,17 @@ class ReplayGuard:
     one needs (replays stay refused), at most `hmac.clock_skew` longer for a signature that
     expires early."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, confirm_replicas: int = 0,
+                 confirm_timeout: float = 0.5) -> None:
+        # With confirm_replicas, each batch is followed (in the same write) by WAIT: a claim
+        # counts only once that many replicas hold it. A master cut off from its replicas (a
+        # Sentinel failover under way: the old master takes writes for seconds after the new
+        # one is promoted, and loses them) cannot confirm, and the batch fails (503), rather
+        # than accept a nonce the store will forget, which would let the request be replayed.
+        self._wait_ms = max(int(confirm_timeout * 1000), 1)
+        self._confirm = 0
+        self._wait = b""
+        self.confirm(confirm_replicas)
         self._cluster = redis if isinstance(redis, GatedCluster) else None
         self._connection = DirectConnection(redis) if not isinstance(redis, GatedCluster) \
             else None
@@ -89,6 +99,18 @@ class ReplayGuard:
         if len(self._pending) == 1 and not self._in_flight:
             loop.call_soon(self._send)  # the others made in this loop turn join it
         return future
+
+    def confirm(self, replicas: int) -> None:
+        """Confirm each batch on this many replicas from now on (0: not at all)."""
+        self._confirm = replicas
+        self._wait = pack(b"WAIT", b"%d" % replicas, b"%d" % self._wait_ms)
+
+    def reopen(self) -> None:
+        """Drop the connection (the store's master changed): the next batch opens a new one,
+        to the master named then. A batch out on the old one fails (503), never succeeds on a
+        master whose writes are about to be lost."""
+        if self._connection is not None and not self._closed:
+            self._connection.close()
 
     def close(self) -> None:
         """Close the connection for good; claims still out or queued fail with
@@ -151,10 +173,18 @@ class ReplayGuard:
         assert self._connection is not None
         packed = pack_claims(command, script, [bulk(key) for key, _, _ in batch],
                              max(px for _, px, _ in batch))
-        self._connection.send(packed, partial(self._answered, batch, command),
+        if not self._confirm:
+            self._connection.send(packed, partial(self._answered, batch, command),
+                                  partial(self._failed, batch))
+            return
+        replies: list[Reply] = []
+        self._connection.send(packed, replies.append, partial(self._failed, batch))
+        self._connection.send(self._wait,
+                              lambda acked: self._answered(batch, command, replies[0], acked),
                               partial(self._failed, batch))
 
-    def _answered(self, batch: list[Claim], command: bytes, reply: Reply) -> None:
+    def _answered(self, batch: list[Claim], command: bytes, reply: Reply,
+                  acked: Reply = None) -> None:
         if isinstance(reply, hiredis.ReplyError):
             if command == b"EVALSHA" and str(reply).startswith("NOSCRIPT"):
                 # A fresh or flushed Redis: EVAL runs the script and caches it again.
@@ -171,6 +201,13 @@ class ReplayGuard:
             return
         if not isinstance(reply, list) or len(reply) != len(batch):
             self._failed(batch, StoreError(f"key store error: unexpected reply {reply!r:.80}"))
+            return
+        if self._confirm and not (isinstance(acked, int) and acked >= self._confirm):
+            assert self._connection is not None
+            self._connection.close()  # the next batch asks for the master afresh
+            self._failed(batch, StoreUnavailable(
+                f"key store unavailable: the nonce is not confirmed on {self._confirm} "
+                f"replica(s) ({acked!r:.40}); a failover may be under way"))
             return
         for (_, _, future), stored in zip(batch, reply, strict=True):
             if not future.done():  # a waiter whose client left is already cancelled

@@ -1,10 +1,16 @@
 """Lifecycle operations on accounts and keys (SPEC §1, §8): one service layer under the CLI,
 the admin HTTP API and the admin web page. Validation and business rules live here; the Redis
 layout lives in `store.py`; every change publishes its invalidation through the store.
+
+Every change to a record is atomic (SPEC §7): it is computed from the record as read and lands
+only if the record still holds those bytes (a compare-and-set). A lost race is read again and
+the change applied again to what won; a record deleted meanwhile stays deleted (NotFound). So
+no concurrent edit can undo a delete, a reissue or a disable, whoever answers first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import secrets
@@ -28,13 +34,16 @@ from gateway.keys.model import (
     new_key_id,
 )
 from gateway.keys.secrets import SecretBox
-from gateway.keys.store import KeyStore, is_cursor, ms
+from gateway.keys.store import KeyStore, Swap, is_cursor, ms
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 1000
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_BATCH = 1000
+# Compare-and-set attempts of one change before it gives up: each lost attempt means another
+# change landed, so only a record under a storm of edits ever gets near this.
+MAX_ATTEMPTS = 50
 _last_created = 0.0  # see KeyService._creation_time
 
 
@@ -110,17 +119,30 @@ class KeyService:
 
     async def update_account(self, account_id: str, *, enabled: bool | None = None,
                              api_access: bool | None = None) -> Account:
-        account = await self.get_account(account_id)
-        changed = Account(
-            id=account.id, name=account.name, created_at=account.created_at,
-            enabled=account.enabled if enabled is None else enabled,
-            api_access=account.api_access if api_access is None else api_access,
-        )
-        await self.store.put_account(changed)
-        await self._audit("account.update", [account_id],
-                          **{k: v for k, v in (("enabled", enabled), ("api_access", api_access))
-                             if v is not None})
-        return changed
+        def change(account: Account) -> Account:
+            return Account(
+                id=account.id, name=account.name, created_at=account.created_at,
+                enabled=account.enabled if enabled is None else enabled,
+                api_access=account.api_access if api_access is None else api_access,
+            )
+
+        for attempt in range(MAX_ATTEMPTS):
+            found = await self.store.read_account(account_id)
+            if found is None:
+                raise NotFound(f"no account with id {account_id!r}")
+            account, raw = found
+            changed = change(account)
+            outcome = await self.store.swap_account(raw, changed)
+            if outcome is Swap.DONE:
+                await self._audit("account.update", [account_id],
+                                  **{k: v for k, v in (("enabled", enabled),
+                                                       ("api_access", api_access))
+                                     if v is not None})
+                return changed
+            if outcome is Swap.GONE:
+                raise NotFound(f"no account with id {account_id!r}")
+            await _back_off(attempt)
+        raise _kept_losing("account", account_id)
 
     async def account_view(self, account: Account) -> dict[str, Any]:
         return {**account.public(), "key_count": await self.store.count_keys(account.id)}
@@ -139,18 +161,31 @@ class KeyService:
         if count and not delete_keys:
             raise Conflict(f"account {account_id!r} still has {count} key(s); delete them "
                            "first or ask for them to be deleted with it")
-        deleted: list[str] = []
-        while True:
-            keys, _ = await self.store.list_keys(account_id=account_id, after=None,
-                                                 limit=MAX_BATCH)
-            if not keys:
-                break
-            for key in keys:
-                await self.store.delete_key(key)
-                deleted.append(key.id)
-        await self.store.delete_account(account)
+        deleted = await self._delete_keys_of(account_id) if delete_keys else []
+        removed = await self.store.delete_account(account)
+        # A key created while this ran, whose creator saw the account still there, is deleted
+        # now: creators check the account again after writing the key (create_key), so once
+        # the record is gone, either the creator removes its key or this sweep does.
+        deleted += await self._delete_keys_of(account_id)
+        if removed is None:
+            if deleted:
+                await self._audit("key.delete", deleted)
+            raise NotFound(f"no account with id {account_id!r}")
+        await self.store.forget_account_keys(account_id)
         await self._audit("account.delete", [account_id, *deleted])
         return deleted
+
+    async def _delete_keys_of(self, account_id: str) -> list[str]:
+        deleted: list[str] = []
+        cursor: str | None = None
+        while True:
+            keys, cursor = await self.store.list_keys(account_id=account_id, after=cursor,
+                                                      limit=MAX_BATCH)
+            for key in keys:
+                if await self.store.delete_key(key) is not None:
+                    deleted.append(key.id)
+            if cursor is None:
+                return deleted
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -183,7 +218,12 @@ class KeyService:
         key = KeyRecord(id=key_id, type=key_type, account_id=account.id, scopes=chosen,
                         created_at=now, expires_at=expires_at,
                         description=self._description(description), **material)
-        await self.store.create_key(key)
+        stands = await self.store.create_key(key)
+        if not stands or await self.store.get_account(account.id) is None:
+            # The account was deleted meanwhile (or the key with it): a key of no account must
+            # not stay behind. See delete_account.
+            await self.store.delete_key(key)
+            raise NotFound(f"no account with id {account_id!r}")
         await self._audit("key.create", [key.id], account_id=account.id, type=key_type,
                           scopes=list(chosen), expires_at=iso(expires_at))
         return key, secret
@@ -230,7 +270,6 @@ class KeyService:
     async def update_key(self, key_id: str, *, expires_at: float | _Unset | None = UNSET,
                          description: str | _Unset = UNSET) -> KeyRecord:
         """Only the expiry and the description of a key can change (SPEC §1)."""
-        key = await self.get_key(key_id)
         changes: dict[str, Any] = {}
         if expires_at is not UNSET:
             self._check_expiry(expires_at, self.clock())
@@ -239,12 +278,29 @@ class KeyService:
             changes["description"] = self._description(description)
         if not changes:
             raise InvalidRequest("key", "nothing to change: give an expiry or a description")
-        changed = key.with_changes(**changes)
-        await self.store.replace_key(key, changed)
+        _, changed = await self._change_key(key_id, lambda key: key.with_changes(**changes))
         details = {name: iso(value) if name == "expires_at" else value
                    for name, value in changes.items()}
         await self._audit("key.update", [key_id], **details)
         return changed
+
+    async def _change_key(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]
+                          ) -> tuple[KeyRecord, KeyRecord]:
+        """Apply `change` to the key as stored, atomically (compare-and-set, re-applied to the
+        winner of a lost race). `change` may refuse by raising. Returns (before, after)."""
+        for attempt in range(MAX_ATTEMPTS):
+            found = await self.store.read_key(key_id)
+            if found is None:
+                raise NotFound(f"no key with id {key_id!r}")
+            key, raw = found
+            changed = change(key)
+            outcome = await self.store.swap_key(raw, key, changed)
+            if outcome is Swap.DONE:
+                return key, changed
+            if outcome is Swap.GONE:
+                raise NotFound(f"no key with id {key_id!r}")
+            await _back_off(attempt)
+        raise _kept_losing("key", key_id)
 
     async def set_expiry(self, key_id: str, expires_at: float | None) -> KeyRecord:
         return await self.update_key(key_id, expires_at=expires_at)
@@ -262,41 +318,51 @@ class KeyService:
         keys = await self.store.get_keys(ids)
         missing = sorted(set(ids) - {k.id for k in keys})
         if missing:
+            # "Already gone" must come from a master that keeps what it says: one cut off by
+            # a failover may have lost the key that its successor still holds.
+            await self.store.confirm_read()
             raise NotFound("no key with id " + ", ".join(repr(m) for m in missing))
-        for key in keys:
-            await self.store.delete_key(key)
-        await self._audit("key.delete", ids)
-        return keys
+        # Each record as it was when removed (a reissue may have changed it since the read).
+        removed = [r for r in [await self.store.delete_key(key.id) for key in keys]
+                   if r is not None]
+        if not removed:
+            # Every one of them was deleted by a concurrent call: that call answers for it.
+            raise NotFound("no key with id " + ", ".join(repr(i) for i in ids))
+        await self._audit("key.delete", [r.id for r in removed])
+        return removed
 
     async def reissue_key(self, key_id: str, *, grace: float = 0.0) -> tuple[KeyRecord, str]:
         """A new secret under the same id, scopes and expiry. The old secret keeps working for
         `grace` seconds, never past the key's own expiry."""
         if grace < 0:
             raise InvalidRequest("grace", "must not be negative")
-        key = await self.get_key(key_id)
         now = self.clock()
-        if key.expires_at is not None and key.expires_at <= now:
-            raise Conflict(f"key {key_id!r} has expired; extend its expiry first, or create a "
-                           "new key")
-        previous_until = now + grace
-        if key.expires_at is not None:
-            previous_until = min(previous_until, key.expires_at)
-        keep_old = grace > 0 and previous_until > now
-        if key.type == HMAC_KEY:
-            secret = new_hmac_secret()
-            extra = {"secret": self._box().seal(key.id, secret)}
-            if keep_old:
-                extra["previous_secret"] = key.extra["secret"]
-            changed = key.with_changes(secret_tail=secret[-6:], extra=extra,
-                                       previous_until=previous_until if keep_old else None)
-        else:
-            secret = apikey.new_secret()
-            changed = key.with_changes(
+        # A key's type never changes: the new secret is made once, whatever races follow.
+        is_hmac = (await self.get_key(key_id)).type == HMAC_KEY
+        secret = new_hmac_secret() if is_hmac else apikey.new_secret()
+        sealed = self._box().seal(key_id, secret) if is_hmac else ""
+
+        def change(key: KeyRecord) -> KeyRecord:
+            if key.expires_at is not None and key.expires_at <= now:
+                raise Conflict(f"key {key_id!r} has expired; extend its expiry first, or "
+                               "create a new key")
+            previous_until = now + grace
+            if key.expires_at is not None:
+                previous_until = min(previous_until, key.expires_at)
+            keep_old = grace > 0 and previous_until > now
+            if key.type == HMAC_KEY:
+                extra = {"secret": sealed}
+                if keep_old:
+                    extra["previous_secret"] = key.extra["secret"]
+                return key.with_changes(secret_tail=secret[-6:], extra=extra,
+                                        previous_until=previous_until if keep_old else None)
+            return key.with_changes(
                 secret_hash=apikey.hash_secret(secret), secret_tail=apikey.tail(secret),
                 previous_hash=key.secret_hash if keep_old else None,
                 previous_until=previous_until if keep_old else None,
             )
-        await self.store.replace_key(key, changed)
+
+        _, changed = await self._change_key(key_id, change)
         await self._audit("key.reissue", [key_id], grace_seconds=grace,
                           old_secret_valid_until=iso(changed.previous_until))
         return changed, secret
@@ -348,6 +414,17 @@ class KeyService:
 
 
 _AUDIT_ID = re.compile(r"^\d{1,20}-\d{1,20}$", re.ASCII)  # ASCII: int() reads other digits too
+
+
+async def _back_off(attempt: int) -> None:
+    """A moment before reading again after a lost race, growing and jittered, so that callers
+    racing on one record do not keep colliding in step."""
+    await asyncio.sleep(secrets.randbelow(1000 * min(attempt + 1, 20)) / 1_000_000)
+
+
+def _kept_losing(kind: str, ident: str) -> Conflict:
+    return Conflict(f"{kind} {ident!r} was changed by concurrent calls {MAX_ATTEMPTS} times "
+                    "while this change was being applied; try again")
 
 
 def _cursor(cursor: str | None) -> str | None:

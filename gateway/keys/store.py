@@ -1,8 +1,12 @@
 """The key table in Redis (SPEC §7): its layout, and every read and write of it.
 
-Layout (every hot-path read is a single-key GET, so Redis Cluster stays possible):
+Layout 2. Every name below is one Redis key; the client is one Redis, a Sentinel master, or a
+Redis Cluster (records spread over the slots by their names: nothing is pinned to one node).
 
-    gw:secret:{sha256}       -> key id            API-key secret lookup (old secret: expiring)
+    gw:secret:{sha256}       -> key id            API-key secret lookup (old secret: expiring).
+                             A pointer is a hint: authentication reads the record and checks the
+                             presented secret's hash against its secret_hash/previous_hash, so
+                             a stale pointer authenticates nothing.
     gw:key:{id}              -> KeyRecord JSON
     gw:account:{id}          -> Account JSON
     gw:keys                  zset index of every key
@@ -10,52 +14,72 @@ Layout (every hot-path read is a single-key GET, so Redis Cluster stays possible
     gw:account-keys:{id}     zset index of one account's keys
                              (index members are "<created ms, 13 digits>:<id>", all scored 0, so
                              they sort by creation then id: a stable order, and the last member
-                             of a page is the cursor of the next)
+                             of a page is the cursor of the next. Listings skip a member whose
+                             record is missing.)
     gw:hmac-keys             set of the HMAC key ids (is a master key needed at start-up?)
     gw:nonce:{key id}:{h}    a signed request's nonce, remembered while the signature could
                              still be accepted (SET NX PX: one round trip, on every instance)
-    gw:last-used             hash key id -> epoch seconds (forward-only, batched)
+    gw:last-used:{gw:key:<id>}  one key's last use, epoch seconds (3 decimals); the hash tag
+                             puts it in its record's cluster slot (forward-only, batched)
+    gw:last-used             layout 1's hash key id -> last use; read as a fallback, emptied
+                             by `migrate`
+    gw:layout                "2" once `migrate` has run
     gw:audit                 stream of management changes (who, what, when, which ids)
     gw:events                pub/sub channel of invalidations: {"kind": "key"|"account", "id"}
     gw:demo-key-id           the key `gateway run --demo` created on its first start
+
+How changes stay atomic without a transaction over several keys (which a cluster refuses):
+
+    update (expiry, description, reissue; account enable/disable/api_access)
+        compare-and-set of the one record: written only over the exact bytes it was computed
+        from (`swap_key`, `swap_account`); the service re-reads and retries a lost race, and a
+        record gone meanwhile stays gone (NotFound). Then the secret pointers follow.
+    delete  GETDEL of the record first (revocation is immediate, and the bytes removed say which
+        pointers and index members to remove), then the rest.
+    create  index members, then the record (SET NX), then the secret pointer: a crash between
+        steps never leaves a key that authenticates but that listings cannot show.
+    pointers  whoever writes a secret pointer reads the record afterwards and removes the
+        pointer when the record is gone or no longer names it (a delete or reissue that raced).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from enum import Enum
 from typing import Any
 
 import orjson
 
+from gateway.errors import StoreError, StoreUnavailable
+from gateway.keys.layout import (
+    ACCOUNT,
+    ACCOUNT_KEYS,
+    ACCOUNTS_INDEX,
+    AUDIT,
+    CAS_SCRIPT,
+    DEMO_KEY_ID,
+    EVENTS,
+    HMAC_KEYS,
+    KEY,
+    KEYS_INDEX,
+    LAST_USED,
+    SECRET,
+    Flushed,
+    LastUseTable,
+    last_used_key,
+    mget,
+)
 from gateway.keys.model import HMAC_KEY, Account, KeyRecord
 from gateway.keys.nonces import NONCE, ReplayGuard  # noqa: F401 - part of the layout above
 from gateway.store.client import Redis, store_errors
 
-SECRET = "gw:secret:"  # noqa: S105 - a key prefix, not a password
-KEY = "gw:key:"
-ACCOUNT = "gw:account:"
-KEYS_INDEX = "gw:keys"
-ACCOUNTS_INDEX = "gw:accounts"
-ACCOUNT_KEYS = "gw:account-keys:"
-LAST_USED = "gw:last-used"
-EVENTS = "gw:events"
-AUDIT = "gw:audit"
-HMAC_KEYS = "gw:hmac-keys"
-DEMO_KEY_ID = "gw:demo-key-id"
+__all__ = ["ACCOUNT", "ACCOUNTS_INDEX", "ACCOUNT_KEYS", "AUDIT", "DEMO_KEY_ID", "EVENTS",
+           "HMAC_KEYS", "KEY", "KEYS_INDEX", "LAST_USED", "SECRET", "Flushed", "KeyStore",
+           "Swap", "index_member", "is_cursor", "ms"]
+
 AUDIT_MAX_ENTRIES = 1_000_000
 _CURSOR = re.compile(r"^\d{13}:[A-Za-z0-9_]{1,64}$", re.ASCII)
-
-# Forward-only merge of last-use times: several workers flush, the latest time wins.
-_RECORD_LAST_USED = """
-for i = 1, #ARGV, 2 do
-  local current = redis.call('HGET', KEYS[1], ARGV[i])
-  if (not current) or tonumber(current) < tonumber(ARGV[i + 1]) then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  end
-end
-return 1
-"""
 
 
 def ms(timestamp: float) -> int:
@@ -74,11 +98,80 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _pointers(key: KeyRecord) -> dict[str, int | None]:
+    """The secret pointers a record calls for: hash -> when the pointer expires (epoch ms), or
+    None for never."""
+    wanted: dict[str, int | None] = {}
+    if key.previous_hash:
+        wanted[key.previous_hash] = (max(ms(key.previous_until), 1)
+                                     if key.previous_until is not None else None)
+    if key.secret_hash:
+        wanted[key.secret_hash] = None
+    return wanted
+
+
+class Swap(Enum):
+    """What a compare-and-set did."""
+
+    DONE = 1
+    CHANGED = 0  # someone else changed the record since it was read: read again
+    GONE = -1  # the record no longer exists
+
+
 class KeyStore:
-    def __init__(self, redis: Redis) -> None:
+    """`confirm_replicas` (redis.confirm_replicas): the writes that decide what authenticates
+    (record creations, changes and deletions) and nonce claims are answered only once that
+    many replicas hold them (Redis WAIT, on the write's own connection). During a Sentinel
+    failover the old master takes writes for seconds after the new one was promoted, and loses
+    them when it resyncs: a revocation it took would come undone. Cut off from its replicas it
+    cannot confirm, and the write is answered 503 instead of 200."""
+
+    def __init__(self, redis: Redis, *, confirm_replicas: int = 0,
+                 confirm_timeout: float = 0.5) -> None:
         self.redis = redis
-        self._record_last_used = redis.register_script(_RECORD_LAST_USED)
-        self._replay_guard = ReplayGuard(redis)
+        self._cas = redis.register_script(CAS_SCRIPT)
+        self._confirm = confirm_replicas
+        self._confirm_ms = max(int(confirm_timeout * 1000), 1)
+        self.last_use = LastUseTable(redis)
+        self._replay_guard = ReplayGuard(redis, confirm_replicas=confirm_replicas,
+                                         confirm_timeout=confirm_timeout)
+
+    def confirm(self, replicas: int) -> None:
+        """How many replicas must hold a write from now on (the store watch lowers it while
+        the master has fewer, after a failover, and restores it; see StoreWatch)."""
+        self._confirm = replicas
+        self._replay_guard.confirm(replicas)
+
+    async def _write(self, *command: Any) -> Any:
+        """One write of a record, confirmed on `confirm_replicas` replicas when asked."""
+        if not self._confirm:
+            return await self.redis.execute_command(*command)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.execute_command(*command)
+            pipe.execute_command("WAIT", self._confirm, self._confirm_ms)
+            result, acked = await pipe.execute()
+        if int(acked) < self._confirm:
+            raise StoreUnavailable(
+                f"key store unavailable: the change is not confirmed on {self._confirm} "
+                f"replica(s) ({acked}); a failover may be under way: try again")
+        return result
+
+    async def confirm_read(self) -> None:
+        """With confirm_replicas, raise StoreUnavailable unless the master now has that many
+        replicas (WAIT on a connection with no write of its own answers at once with the
+        count): an answer read from a master that a failover cut off may be undone."""
+        if self._confirm:
+            with store_errors():
+                await self._write("PING")
+
+    async def _swap(self, name: str, expected: bytes, new: bytes) -> Swap:
+        if not self._confirm:
+            return Swap(int(await self._cas(keys=[name], args=[expected, new])))
+        return Swap(int(await self._write("EVAL", CAS_SCRIPT, 1, name, expected, new)))
 
     # -- hot-path reads ------------------------------------------------------------------------
 
@@ -99,69 +192,147 @@ class KeyStore:
             data = await self.redis.get(ACCOUNT + account_id)
         return Account.from_json(data) if data is not None else None
 
-    # -- writes (management; each publishes its invalidation) ----------------------------------
+    # -- reads for a compare-and-set: the record and the exact bytes it was parsed from -------
+
+    async def read_key(self, key_id: str) -> tuple[KeyRecord, bytes] | None:
+        with store_errors():
+            data = await self.redis.get(KEY + key_id)
+        return (KeyRecord.from_json(data), _bytes(data)) if data is not None else None
+
+    async def read_account(self, account_id: str) -> tuple[Account, bytes] | None:
+        with store_errors():
+            data = await self.redis.get(ACCOUNT + account_id)
+        return (Account.from_json(data), _bytes(data)) if data is not None else None
+
+    # -- writes (management; each change publishes its invalidation) ---------------------------
 
     async def put_account(self, account: Account) -> None:
+        """A new account: index member first, then the record (never over an existing one)."""
         with store_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(ACCOUNT + account.id, account.to_json())
-                pipe.zadd(ACCOUNTS_INDEX, {index_member(account.created_at, account.id): 0})
-                await pipe.execute()
+            await self.redis.zadd(ACCOUNTS_INDEX,
+                                  {index_member(account.created_at, account.id): 0})
+            created = await self._write("SET", ACCOUNT + account.id, account.to_json(), "NX")
+        if not created:
+            raise StoreError(f"account id {account.id!r} is taken")
         await self.publish("account", account.id)
 
-    async def create_key(self, key: KeyRecord) -> None:
+    async def swap_account(self, expected: bytes, new: Account) -> Swap:
         with store_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(KEY + key.id, key.to_json())
-                if key.secret_hash:
-                    pipe.set(SECRET + key.secret_hash, key.id)
-                member = index_member(key.created_at, key.id)
+            outcome = await self._swap(ACCOUNT + new.id, expected, new.to_json())
+        if outcome is Swap.DONE:
+            await self.publish("account", new.id)
+        return outcome
+
+    async def delete_account(self, account: Account) -> Account | None:
+        """Remove the account's record and its index member; the account's keys and their index
+        are the caller's (see KeyService.delete_account). Returns the record removed, or None
+        when it was gone already."""
+        with store_errors():
+            data = await self._write("GETDEL", ACCOUNT + account.id)
+            if data is None:
+                return None
+            removed = Account.from_json(data)
+            await self.redis.zrem(ACCOUNTS_INDEX, index_member(removed.created_at, removed.id))
+        await self.publish("account", account.id)
+        return removed
+
+    async def forget_account_keys(self, account_id: str) -> None:
+        """Drop a deleted account's key index (members of keys that never got a record)."""
+        with store_errors():
+            await self.redis.delete(ACCOUNT_KEYS + account_id)
+
+    async def create_key(self, key: KeyRecord) -> bool:
+        """Store a new key. False when a concurrent delete removed it before it was complete
+        (its pointer is removed again)."""
+        member = index_member(key.created_at, key.id)
+        with store_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zadd(KEYS_INDEX, {member: 0})
                 pipe.zadd(ACCOUNT_KEYS + key.account_id, {member: 0})
                 if key.type == HMAC_KEY:
                     pipe.sadd(HMAC_KEYS, key.id)
                 await pipe.execute()
+            created = await self._write("SET", KEY + key.id, key.to_json(), "NX")
+        if not created:
+            raise StoreError(f"key id {key.id!r} is taken")
+        return await self._move_pointers(None, key)
 
-    async def replace_key(self, old: KeyRecord, new: KeyRecord) -> None:
-        """Store `new` in place of `old`, moving secret pointers when the secret changed."""
+    async def swap_key(self, expected: bytes, old: KeyRecord, new: KeyRecord) -> Swap:
+        """Write `new` over the record only if it still holds `expected` (the bytes `old` was
+        read from); then move the secret pointers when the secret changed."""
         with store_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(KEY + new.id, new.to_json())
-                live_hashes = {new.secret_hash, new.previous_hash}
-                for stale in (old.secret_hash, old.previous_hash):
-                    if stale and stale not in live_hashes:
-                        pipe.delete(SECRET + stale)
-                if new.secret_hash:
-                    pipe.set(SECRET + new.secret_hash, new.id)
-                if new.previous_hash and new.previous_until is not None:
+            outcome = await self._swap(KEY + new.id, expected, new.to_json())
+        if outcome is Swap.DONE:
+            await self._move_pointers(old, new)
+            await self.publish("key", new.id)
+        return outcome
+
+    async def replace_key(self, old: KeyRecord, new: KeyRecord) -> bool:
+        """Store `new` in place of whatever the record holds now, if it still exists (for tools
+        and tests that craft records; lifecycle changes go through `swap_key`)."""
+        with store_errors():
+            replaced = await self.redis.set(KEY + new.id, new.to_json(), xx=True)
+        if replaced:
+            await self._move_pointers(old, new)
+            await self.publish("key", new.id)
+        return bool(replaced)
+
+    async def _move_pointers(self, old: KeyRecord | None, new: KeyRecord) -> bool:
+        """Point `new`'s secret hashes at it and drop the pointers only `old` named; then make
+        sure no pointer just set outlives a record that a racing delete or reissue changed.
+        Returns False when the record is gone."""
+        want = _pointers(new)
+        had = _pointers(old) if old is not None else {}
+        fresh = {h: at for h, at in want.items() if h not in had or had[h] != at}
+        stale = [h for h in had if h not in want]
+        if not fresh and not stale:
+            return True
+        with store_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for secret_hash, expires_ms in fresh.items():
                     # The old secret's pointer disappears by itself when its grace ends.
-                    pipe.set(SECRET + new.previous_hash, new.id,
-                             pxat=max(ms(new.previous_until), 1))
+                    pipe.set(SECRET + secret_hash, new.id, pxat=expires_ms)
+                for secret_hash in stale:
+                    pipe.delete(SECRET + secret_hash)
                 await pipe.execute()
-        await self.publish("key", new.id)
+            if not fresh:
+                return True
+            data = await self.redis.get(KEY + new.id)
+            current = KeyRecord.from_json(data) if data is not None else None
+            named = _pointers(current) if current is not None else {}
+            orphans = [SECRET + h for h in fresh if h not in named]
+            if orphans:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for name in orphans:
+                        pipe.delete(name)
+                    await pipe.execute()
+        return current is not None
 
-    async def delete_key(self, key: KeyRecord) -> None:
+    async def delete_key(self, key: KeyRecord | str) -> KeyRecord | None:
+        """Delete a key: its record first (it no longer authenticates from then on), then what
+        the removed record names. Returns the record removed, or None when it was gone (given
+        a record, what it names is removed all the same: the rest of a delete that stopped
+        half-way)."""
+        key_id = key if isinstance(key, str) else key.id
         with store_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(KEY + key.id)
-                for secret_hash in (key.secret_hash, key.previous_hash):
+            data = await self._write("GETDEL", KEY + key_id)
+            removed = KeyRecord.from_json(data) if data is not None else None
+            names = removed or (key if isinstance(key, KeyRecord) else None)
+            if names is None:
+                return None
+            member = index_member(names.created_at, key_id)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for secret_hash in {names.secret_hash, names.previous_hash}:
                     if secret_hash:
                         pipe.delete(SECRET + secret_hash)
-                member = index_member(key.created_at, key.id)
                 pipe.zrem(KEYS_INDEX, member)
-                pipe.zrem(ACCOUNT_KEYS + key.account_id, member)
-                pipe.srem(HMAC_KEYS, key.id)
-                pipe.hdel(LAST_USED, key.id)
+                pipe.zrem(ACCOUNT_KEYS + names.account_id, member)
+                pipe.srem(HMAC_KEYS, key_id)
+                pipe.delete(last_used_key(key_id))
+                pipe.hdel(LAST_USED, key_id)
                 await pipe.execute()
-        await self.publish("key", key.id)
-
-    async def delete_account(self, account: Account) -> None:
-        with store_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(ACCOUNT + account.id, ACCOUNT_KEYS + account.id)
-                pipe.zrem(ACCOUNTS_INDEX, index_member(account.created_at, account.id))
-                await pipe.execute()
-        await self.publish("account", account.id)
+        await self.publish("key", key_id)
+        return removed
 
     async def publish(self, kind: str, ident: str) -> None:
         with store_errors():
@@ -173,6 +344,11 @@ class KeyStore:
         """Record a nonce; awaits False when it was already used within its window. (The
         guard's future itself: one frame fewer on every signed request.)"""
         return self._replay_guard.claim(key_id, nonce, ttl)
+
+    def reopen(self) -> None:
+        """The store's master changed (a Sentinel failover): the nonce connection moves to the
+        new one. (The client's own pool follows by itself.)"""
+        self._replay_guard.reopen()
 
     def close(self) -> None:
         """Close what the store opened besides the client's pool (the nonce connection)."""
@@ -204,17 +380,13 @@ class KeyStore:
     async def list_accounts(self, *, after: str | None,
                             limit: int) -> tuple[list[Account], str | None]:
         ids, cursor = await self._page(ACCOUNTS_INDEX, after, limit)
-        if not ids:
-            return [], cursor
         with store_errors():
-            values = await self.redis.mget([ACCOUNT + i for i in ids])
+            values = await mget(self.redis, [ACCOUNT + i for i in ids])
         return [Account.from_json(v) for v in values if v is not None], cursor
 
     async def get_keys(self, ids: Sequence[str]) -> list[KeyRecord]:
-        if not ids:
-            return []
         with store_errors():
-            values = await self.redis.mget([KEY + i for i in ids])
+            values = await mget(self.redis, [KEY + i for i in ids])
         return [KeyRecord.from_json(v) for v in values if v is not None]
 
     async def count_keys(self, account_id: str) -> int:
@@ -222,11 +394,10 @@ class KeyStore:
             return int(await self.redis.zcard(ACCOUNT_KEYS + account_id))
 
     async def last_used_many(self, ids: Sequence[str]) -> dict[str, float]:
-        if not ids:
-            return {}
-        with store_errors():
-            values = await self.redis.hmget(LAST_USED, list(ids))
-        return {i: float(v) for i, v in zip(ids, values, strict=True) if v is not None}
+        return await self.last_use.read(ids)
+
+    async def last_used(self, key_id: str) -> float | None:
+        return (await self.last_use.read([key_id])).get(key_id)
 
     # -- audit trail ---------------------------------------------------------------------------
 
@@ -245,19 +416,23 @@ class KeyStore:
 
     # -- last use ------------------------------------------------------------------------------
 
-    async def record_last_used(self, times: Mapping[str, float]) -> None:
-        if not times:
-            return
-        args: list[str] = []
-        for key_id, when in times.items():
-            args += [key_id, f"{when:.3f}"]
-        with store_errors():
-            await self._record_last_used(keys=[LAST_USED], args=args)
+    def write_last_used(self, times: Mapping[str, float]) -> AsyncIterator[Flushed]:
+        """See LastUseTable.write: bounded, forward-only, yields what each round trip
+        confirmed."""
+        return self.last_use.write(times)
 
-    async def last_used(self, key_id: str) -> float | None:
-        with store_errors():
-            value = await self.redis.hget(LAST_USED, key_id)
-        return float(value) if value is not None else None
+    async def record_last_used(self, times: Mapping[str, float]) -> dict[str, float]:
+        """Merge `times` forward-only; returns the times actually written (a deleted key's
+        and an older time are not)."""
+        written: dict[str, float] = {}
+        async for flushed in self.last_use.write(times):
+            written.update(flushed.written)
+        return written
+
+    async def migrate(self) -> int:
+        """Bring data of an older layout up to this one (see LastUseTable.migrate); cheap when
+        there is nothing to do, safe to run from several processes at once."""
+        return await self.last_use.migrate()
 
     # -- the demo ------------------------------------------------------------------------------
 

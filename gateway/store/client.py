@@ -138,6 +138,13 @@ class GatedRedis(aioredis.Redis):
 
     gate: PoolGate | None = None
     address: StoreAddress | None = None
+    sentinels: Sentinel | None = None  # their clients are closed with this one
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinels is not None:
+            for client in self.sentinels.sentinels:
+                await client.aclose()
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         gate = self.gate
@@ -172,6 +179,24 @@ def is_cluster(redis: Redis) -> bool:
     return isinstance(redis, RedisCluster)
 
 
+def subscriber(redis: Redis, attempt: int = 0) -> tuple[aioredis.Redis, bool]:
+    """A client for the invalidation subscription, and whether the caller must close it. On a
+    cluster, a plain client of one node (a new one at each attempt, going round the nodes):
+    PUBLISH reaches every node of a cluster, and a plain connection is not closed under the
+    subscriber by the cluster client's slot-map refreshes, as redis-py's cluster pub/sub is
+    during a resharding (every cache would be dropped each time)."""
+    if not isinstance(redis, RedisCluster):
+        return redis, False
+    nodes = (redis.get_primaries() or redis.get_nodes()
+             or list(redis.nodes_manager.startup_nodes.values()))
+    node = nodes[attempt % len(nodes)]
+    kwargs = {k: v for k, v in node.connection_kwargs.items()
+              if k not in ("event_dispatcher",)}
+    pool = aioredis.ConnectionPool(connection_class=node.connection_class, max_connections=2,
+                                   **kwargs)
+    return aioredis.Redis.from_pool(pool), True
+
+
 def connect(url: str, timeout: float, *, pool_size: int = DEFAULT_POOL_SIZE,
             role: str | None = None) -> Redis:
     """The client for `url`. Commands are bounded by `timeout`; a connection error is retried
@@ -204,6 +229,7 @@ def connect(url: str, timeout: float, *, pool_size: int = DEFAULT_POOL_SIZE,
             address.master, redis_class=GatedRedis, db=address.db,
             username=address.username, password=address.password,
             max_connections=pool_size + POOL_SLACK))
+        client.sentinels = sentinel
     else:
         pool = BlockingConnectionPool.from_url(
             _without_gateway_options(url), max_connections=pool_size + POOL_SLACK,
@@ -300,8 +326,21 @@ def store_errors() -> Iterator[None]:
                                 "LOADING", "MASTERDOWN")):
             raise StoreUnavailable(f"key store unavailable: {exc}") from exc
         raise StoreError(f"key store error: {exc.__class__.__name__}: {exc}") from exc
+    except redis_errors.ClusterError as exc:
+        # redis-py's cluster client ran out of redirections or retries ("TTL exhausted"):
+        # a cluster mid-resharding or mid-failover.
+        raise StoreUnavailable(f"key store unavailable: the cluster is changing ({exc})") \
+            from exc
     except redis_errors.RedisError as exc:
         raise StoreError(f"key store error: {exc.__class__.__name__}: {exc}") from exc
+    except (RuntimeError, AttributeError) as exc:
+        # redis-py's async cluster client, when a slot-map refresh closes connections under
+        # commands still in flight, raises these from its own internals ("the handler is
+        # closed", "'NoneType' object has no attribute 'writelines'", a failed pipeline).
+        # Only store calls run inside this block: the store is changing, not our code broken.
+        log.debug("store client failed mid-call", exc_info=True)
+        raise StoreUnavailable(f"key store unavailable: connection lost mid-call "
+                               f"({exc.__class__.__name__})") from exc
 
 
 @asynccontextmanager
@@ -316,6 +355,14 @@ async def open_redis(config: Config, *, role: str | None = None
         embedded = EmbeddedRedis(config.data_dir)
         url = await asyncio.to_thread(embedded.start)
     redis = connect(url, config.redis.timeout, pool_size=config.redis.pool_size, role=role)
+    if isinstance(redis, RedisCluster):
+        # Learn the slot map before any traffic: redis-py 8.1's cluster client, first used by
+        # many tasks at once, fails some of their commands from its internals.
+        try:
+            await redis.initialize()
+        except (redis_errors.RedisError, OSError) as exc:
+            log.warning("key store cluster not reachable at start (%s); trying again on use",
+                        exc)
     try:
         yield redis, url
     finally:

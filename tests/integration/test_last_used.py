@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.keys.layout import last_used_key
 from gateway.keys.service import KeyService
 from gateway.server import serve
 from tests.conftest import api_key, make_config, new_key, service_for
@@ -138,7 +139,7 @@ async def test_last_used_only_moves_forward(redis_clean, key_service, upstream,
     # An older stored value is moved forward by a later real use.
     past = time.time() - 3600
     with redis_clean.client() as client:
-        client.hset("gw:last-used", key.id, f"{past:.3f}")
+        client.set(last_used_key(key.id), f"{past:.3f}")
     assert await key_service.last_used(key.id) == pytest.approx(past, abs=0.01)
     before = time.time()
     assert await get_status(http, gateway.url + "/svc/x", secret) == 200
