@@ -10,6 +10,7 @@ master) the same code makes one group, so a listing stays one round trip.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -18,7 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
-from gateway.errors import StoreError
+from gateway.errors import StoreError, StoreUnavailable
 from gateway.store.client import Redis, store_errors
 
 SECRET = "gw:secret:"  # noqa: S105 - a key prefix, not a password
@@ -246,12 +247,22 @@ class LastUseTable:
             return {}
         names = [last_used_key(i) for i in ids]
         groups = slot_groups(self.redis, names)
-        with store_errors():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for group in groups:
-                    pipe.execute_command("MGET", *(names[i] for i in group))
-                pipe.hmget(LAST_USED, ids)
-                *replies, old = await pipe.execute()
+        try:
+            with store_errors():
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for group in groups:
+                        pipe.execute_command("MGET", *(names[i] for i in group))
+                    pipe.hmget(LAST_USED, ids)
+                    *replies, old = await pipe.execute()
+        except StoreUnavailable:
+            if not isinstance(self.redis, RedisCluster):
+                raise
+            # A slot moving between nodes: redis-py's cluster pipeline does not follow ASK,
+            # its single commands do. One command per key, this once.
+            with store_errors():
+                singles = await asyncio.gather(*(self.redis.get(n) for n in names))
+                old = await self.redis.hmget(LAST_USED, ids)
+            replies = [[singles[i] for i in group] for group in groups]
         found: dict[str, float] = {}
         for group, reply in zip(groups, replies, strict=True):
             for position, value in zip(group, reply, strict=True):
