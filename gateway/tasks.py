@@ -34,16 +34,28 @@ class Periodic:
         self.step = step
         self.on_error = on_error
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
-        await stop_task(self._task)
-        self._task = None
+        """Cancel the loop and wait until it has ended. redis-py can swallow a cancellation
+        that lands inside a read and carry on: so the loop also checks a flag at every turn,
+        and the cancellation is repeated until the task is done."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s ended with an error", self.name, exc_info=task.exception())
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.interval())
             try:
                 await self.step()

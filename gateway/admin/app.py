@@ -121,8 +121,11 @@ def create_admin_app(store: KeyStore, config: Callable[[], Config],
     app = web.Application(middlewares=[admin_middleware], client_max_size=64 * 1024)
     app[STORE_KEY] = store
     # The process's own watch when it runs one; else one for /readyz's checks alone.
-    app[STORE_WATCH_KEY] = store_watch or StoreWatch(store.redis, config().redis.timeout,
-                                                     config().redis.idle_timeout)
+    if store_watch is None and store is not None:
+        store_watch = StoreWatch(store.redis, config().redis.timeout,
+                                 config().redis.idle_timeout)
+    if store_watch is not None:
+        app[STORE_WATCH_KEY] = store_watch
     app[CONFIG_KEY] = config
     app[RELOADER_KEY] = reloader
     app[METRICS_DIR_KEY] = metrics_dir

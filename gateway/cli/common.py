@@ -27,7 +27,6 @@ from gateway.keys.service import KeyService
 from gateway.keys.store import KeyStore
 from gateway.store.client import open_redis
 from gateway.store.health import describe_store_error
-from gateway.store.watch import StoreWatch
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,6 +45,8 @@ async def _service(config_path: str | None) -> AsyncIterator[KeyService]:
         store = KeyStore(redis, confirm_replicas=config.redis.replicas_to_confirm,
                          confirm_timeout=config.redis.timeout / 2)
         if config.redis.replicas_to_confirm:
+            from gateway.store.watch import StoreWatch  # here: it imports the metrics
+
             # Writes wait for as many replicas as the master has now (up to the setting).
             await StoreWatch(redis, config.redis.timeout, config.redis.idle_timeout,
                              confirm_replicas=config.redis.replicas_to_confirm,

@@ -43,7 +43,6 @@ from redis.crc import key_slot
 
 from gateway.config import Config
 from gateway.errors import PoolExhausted, StoreError, StoreUnavailable
-from gateway.observability.metrics import STORE_POOL_EXHAUSTED
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.urls import StoreAddress, parse_store_url
 
@@ -108,6 +107,9 @@ class PoolGate:
         self._free.release()
 
     def _exhausted(self) -> PoolExhausted:
+        # Imported here: the CLI imports this module before `gateway run` sets up the metrics
+        # directory, and prometheus-client picks its mode at its own first import.
+        from gateway.observability.metrics import STORE_POOL_EXHAUSTED
         STORE_POOL_EXHAUSTED.inc()
         now = time.monotonic()
         if now - self._said_at >= EXHAUSTED_LOG_INTERVAL:  # once per interval, not per request

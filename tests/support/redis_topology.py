@@ -649,7 +649,7 @@ class SentinelTopology(_Topology):
         self._killed_master = None
         return new
 
-    def restart(self, address: str, timeout: float = 30.0) -> None:
+    def restart(self, address: str, timeout: float = 60.0) -> None:
         """Start the killed data node at `address` again, as a replica of the current master
         (its data is gone: it resynchronises), and wait until the topology is stable with it."""
         node = self.node(address)
