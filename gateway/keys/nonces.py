@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from functools import partial
 
 import hiredis
@@ -151,14 +152,19 @@ class ReplayGuard:
 
     async def _claim_on_cluster(self, batch: list[Claim]) -> None:
         assert self._cluster is not None
+        # Each batch writes a token of its own (SET NX GET answers what was there): a claim
+        # that redis-py's cluster pipeline sends again after a redirection or a lost
+        # connection, and that had landed the first time, finds its own token and is still
+        # the first use, not a replay.
+        token = os.urandom(8).hex().encode()
         with store_errors():
             async with self._cluster.pipeline(transaction=False) as pipe:
                 for key, px, _ in batch:
-                    pipe.set(key, b"1", nx=True, px=px)
+                    pipe.set(key, token, nx=True, px=px, get=True)
                 replies = await pipe.execute()
-        for (_, _, future), stored in zip(batch, replies, strict=True):
+        for (_, _, future), before in zip(batch, replies, strict=True):
             if not future.done():
-                future.set_result(bool(stored))
+                future.set_result(before is None or before == token)
 
     def _cluster_done(self, batch: list[Claim], task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._closed:

@@ -221,8 +221,11 @@ async def _replication_of(pool: ConnectionPool) -> tuple[tuple[str, int], int]:
     finally:
         await pool.release(connection)
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return where, int(fields.get("connected_slaves", "0"))
+    # Only replicas in sync count: one still loading its first copy (`connected_slaves`
+    # counts it) would make every confirmed write wait out its timeout.
+    online = sum(1 for line in text.splitlines()
+                 if line.startswith("slave") and "state=online" in line)
+    return where, online
 
 
 def _text(value: object) -> str:
