@@ -46,7 +46,7 @@ from gateway.keys.nonces import nonce_key
 from gateway.keys.secrets import SecretBox
 from gateway.keys.service import KeyService
 from gateway.keys.store import KeyStore
-from gateway.store.client import connect
+from gateway.store.client import GatedCluster, connect
 from tests.support.fleet import (
     MASTER_KEY,
     Answer,
@@ -104,6 +104,10 @@ class Ledger:
 async def lifecycle(url: str) -> AsyncIterator[KeyService]:
     """The lifecycle service on `url`, able to make HMAC keys (the fleet's master key)."""
     client = connect(url, 2.0)
+    if isinstance(client, GatedCluster):
+        # As open_redis does: redis-py 8.1's cluster client, first used by many tasks at once
+        # (make_keys sends 50), fails some of their commands from its internals.
+        await client.initialize()
     store = KeyStore(client)
     try:
         yield KeyService(store, secret_box=SecretBox(MASTER_KEY))
