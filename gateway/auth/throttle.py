@@ -336,7 +336,7 @@ class FailureThrottle:
                 entry.known += entry.pending
                 entry.pending = 0
         self._dirty.clear()
-        chunks = list(slot_chunks(self.redis, batch, lambda item: block_key(item[0]),
+        chunks = list(slot_chunks(self.redis, list(batch), lambda item: block_key(item[0]),
                                   FLUSH_CHUNK))
         for index, chunk in enumerate(chunks):
             try:

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from redis.asyncio.cluster import RedisCluster
-from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 from gateway.errors import StoreError, StoreUnavailable
-from gateway.store.client import Redis, store_errors
+from gateway.store.client import Redis, slot_groups, store_errors
 
 SECRET = "gw:secret:"  # noqa: S105 - a key prefix, not a password
 KEY = "gw:key:"
@@ -97,17 +96,6 @@ def last_used_key(key_id: str) -> str:
     """The hash tag is the record's own name, so both live in one cluster slot and one script
     call can look at the record while it writes the time. (Ids never hold braces.)"""
     return f"{LAST_USED_PREFIX}{{{KEY}{key_id}}}"
-
-
-def slot_groups(redis: Redis, names: Sequence[str]) -> list[list[int]]:
-    """Positions in `names`, grouped so that each group's keys share a cluster slot; on one
-    Redis a single group of all of them."""
-    if not isinstance(redis, RedisCluster):
-        return [list(range(len(names)))] if names else []
-    groups: dict[int, list[int]] = {}
-    for position, name in enumerate(names):
-        groups.setdefault(key_slot(name.encode()), []).append(position)
-    return list(groups.values())
 
 
 def chunked(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

@@ -28,7 +28,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeAlias, TypeVar, cast
 
@@ -135,6 +135,17 @@ def ungated() -> Iterator[None]:
         _UNGATED.reset(token)
 
 
+async def _through(gate: PoolGate | None, call: Callable[[], Awaitable[Any]]) -> Any:
+    """A command through the gate (or straight through, outside the watch's checks)."""
+    if gate is None or _UNGATED.get():
+        return await call()
+    await gate.enter()
+    try:
+        return await call()
+    finally:
+        gate.leave()
+
+
 class GatedRedis(aioredis.Redis):
     """One Redis, or a Sentinel group's master: every command passes the gate."""
 
@@ -149,14 +160,8 @@ class GatedRedis(aioredis.Redis):
                 await client.aclose()
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
-        gate = self.gate
-        if gate is None or _UNGATED.get():
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-        await gate.enter()
-        try:
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-        finally:
-            gate.leave()
+        run = super().execute_command
+        return await _through(self.gate, lambda: run(*args, **options))  # type: ignore[no-untyped-call]
 
 
 class GatedCluster(RedisCluster):
@@ -164,14 +169,8 @@ class GatedCluster(RedisCluster):
     address: StoreAddress | None = None
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        gate = self.gate
-        if gate is None or _UNGATED.get():
-            return await super().execute_command(*args, **kwargs)
-        await gate.enter()
-        try:
-            return await super().execute_command(*args, **kwargs)
-        finally:
-            gate.leave()
+        run = super().execute_command
+        return await _through(self.gate, lambda: run(*args, **kwargs))
 
 
 Redis: TypeAlias = GatedRedis | GatedCluster
@@ -246,23 +245,24 @@ def connect(url: str, timeout: float, *, pool_size: int = DEFAULT_POOL_SIZE,
 T = TypeVar("T")
 
 
-def slot_chunks(redis: Redis, items: Iterable[T], key_of: Callable[[T], str | bytes],
+def slot_groups(redis: Redis, names: Sequence[str | bytes]) -> list[list[int]]:
+    """Positions in `names`, grouped so that each group's keys share a Redis Cluster slot (one
+    script call or MGET may then touch all of them); on one Redis a single group of all."""
+    if not isinstance(redis, RedisCluster):
+        return [list(range(len(names)))] if names else []
+    groups: dict[int, list[int]] = {}
+    for position, name in enumerate(names):
+        groups.setdefault(key_slot(name.encode() if isinstance(name, str) else name),
+                          []).append(position)
+    return list(groups.values())
+
+
+def slot_chunks(redis: Redis, items: Sequence[T], key_of: Callable[[T], str | bytes],
                 size: int) -> Iterator[list[T]]:
-    """`items` in lists of at most `size`, each within one Redis Cluster slot (by the key
-    `key_of` names), so one script call may touch all of its keys. On one Redis, plain
-    chunks in the order given."""
-    if isinstance(redis, RedisCluster):
-        by_slot: dict[int, list[T]] = {}
-        for item in items:
-            key = key_of(item)
-            by_slot.setdefault(key_slot(key.encode() if isinstance(key, str) else key),
-                               []).append(item)
-        groups: Iterable[list[T]] = by_slot.values()
-    else:
-        groups = [list(items)]
-    for group in groups:
+    """`items` in lists of at most `size`, each within one slot (by the key `key_of` names)."""
+    for group in slot_groups(redis, [key_of(item) for item in items]):
         for start in range(0, len(group), size):
-            yield group[start:start + size]
+            yield [items[i] for i in group[start:start + size]]
 
 
 def _without_gateway_options(url: str) -> str:
