@@ -35,7 +35,8 @@ _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
                "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_PREFIX = re.compile(r"^/([A-Za-z0-9._~!$&'()*+,;=:@-]+/)*([A-Za-z0-9._~!$&'()*+,;=:@-]+)?$")
+# No ';': servlet containers drop `;` parameters, so such a prefix would not mean what it says.
+_PREFIX = re.compile(r"^/([A-Za-z0-9._~!$&'()*+,=:@-]+/)*([A-Za-z0-9._~!$&'()*+,=:@-]+)?$")
 _SCOPE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?$|^\*$")
 
 
@@ -352,7 +353,8 @@ def _upstream(value: object) -> str:
 def _prefix(value: object) -> str:
     prefix = _string(value)
     if not _PREFIX.fullmatch(prefix) or any(s in (".", "..") for s in prefix.split("/")):
-        raise ValueError("expected an absolute path such as /vision/ (no '..', '%', '//' or '?')")
+        raise ValueError("expected an absolute path such as /vision/ (no '..', '%', '//', ';' "
+                         "or '?')")
     return normalise_prefix(prefix)
 
 
@@ -409,7 +411,8 @@ def _routes(reader: _Reader, raw: object) -> tuple[RouteConfig, ...]:
         return ()
     routes: list[RouteConfig] = []
     names: dict[str, int] = {}
-    prefixes: dict[str, int] = {}
+    prefixes: dict[str, int] = {}  # by prefix in lower case: the router refuses a path
+    # whose case-folded reading lands elsewhere, so two prefixes apart only in case clash
     for index, item in enumerate(raw):
         path = f"routes[{index}]"
         route = _route(reader, item, path)
@@ -417,10 +420,12 @@ def _routes(reader: _Reader, raw: object) -> tuple[RouteConfig, ...]:
             continue
         if route.name in names:
             reader.problem(f"{path}.name", f"duplicates routes[{names[route.name]}].name")
-        if route.prefix in prefixes:
-            reader.problem(f"{path}.prefix", f"duplicates routes[{prefixes[route.prefix]}].prefix")
+        folded = route.prefix.lower()
+        if folded in prefixes:
+            reader.problem(f"{path}.prefix", f"duplicates routes[{prefixes[folded]}].prefix "
+                           "(letter case aside)")
         names.setdefault(route.name, index)
-        prefixes.setdefault(route.prefix, index)
+        prefixes.setdefault(folded, index)
         routes.append(route)
     return tuple(routes)
 

@@ -5,6 +5,21 @@ consecutive slashes merged, dot segments removed. A path that could be read two 
 rather than guessed at: an upstream or a naive matcher might read it differently from us. That
 covers encoded slashes and backslashes, NUL and control characters, and a `..` that climbs out of
 the prefix the request ends up routed to (`/vision/../functions/x`).
+
+Two readings of a path by common upstreams are checked as well, because a nested prefix is
+usually a stricter route on the same upstream (`/api/` public, `/api/admin/` protected):
+
+- Servlet containers (Tomcat, Jetty, Spring on them) drop `;` parameters from every segment
+  before they match, so `/api/admin;x/users` is their `/api/admin/users`.
+- Case-insensitive frameworks (Express's default, ASP.NET) match `/api/ADMIN/users` to
+  `/api/admin/*`.
+
+Routing on either reading alone would be wrong for the other kind of upstream: on the bare name,
+a plain upstream reads `/api/public;x/secret` as outside a public `/api/public/` route; on the
+letters as sent, a servlet upstream serves its admin handler. So the gateway does neither: a path
+whose bare or case-folded reading lands on another route than the path as sent is refused with
+400, like every other path that can be read two ways. A path whose readings agree (the common
+`;jsessionid=...` inside one route, `/api/Users` under `/api/`) routes as before.
 """
 
 from __future__ import annotations
@@ -97,6 +112,10 @@ def normalise_path(raw_path: str) -> tuple[str, int | None]:
         if segment == "..":
             if not stack:
                 raise _refuse("the path climbs above the root with '..'")
+            if stack[-1][0] == ";":
+                # `/a/;x/../b`: a servlet container drops the parameters, merges the empty
+                # segment, and its `..` removes `a` where ours removes `;x`.
+                raise _refuse("the path has '..' after a segment of parameters only")
             stack.pop()
             depth = len(stack)
             lowest_pop = depth if lowest_pop is None else min(lowest_pop, depth)
@@ -131,6 +150,37 @@ def _target(raw_path: str, query: str) -> Target:
     return Target(path=path, query=query, lowest_pop=lowest_pop)
 
 
+def _without_parameters(path: str) -> str:
+    """The path as a servlet container matches it: `;...` dropped from every segment, and the
+    segments left empty merged (trailing slashes do not matter to a prefix match)."""
+    return "/" + "/".join(bare for s in path.split("/") if (bare := s.partition(";")[0]))
+
+
+# Percent-encoded (upper-case hex, as normalise_path leaves them, then lowered with the path)
+# non-ASCII letters that some case-insensitive comparisons equate with an ASCII letter:
+# dotted and dotless I, long s, Kelvin sign.
+_FOLDED_TO_ASCII = (("%c4%b0", "i"), ("%c4%b1", "i"), ("%c5%bf", "s"), ("%e2%84%aa", "k"))
+
+
+def _fold(path: str) -> str:
+    """The path as a case-insensitive matcher compares it."""
+    folded = path.lower()
+    if "%" in folded:
+        for encoded, letter in _FOLDED_TO_ASCII:
+            folded = folded.replace(encoded, letter)
+    return folded
+
+
+_Prefixes = list[tuple[str, str, RouteConfig]]  # prefix, prefix + "/", route; longest first
+
+
+def _find(path: str, prefixes: _Prefixes) -> RouteConfig | None:
+    for prefix, below, route in prefixes:
+        if prefix == "/" or path == prefix or path.startswith(below):
+            return route
+    return None
+
+
 def _depth(prefix: str) -> int:
     return 0 if prefix == "/" else prefix.count("/")
 
@@ -147,6 +197,8 @@ class RouteTable:
     def __init__(self, routes: Iterable[RouteConfig]) -> None:
         # Longest prefix first, so the first hit is the most specific route.
         self._routes = sorted(routes, key=lambda r: len(r.prefix), reverse=True)
+        self._prefixes: _Prefixes = [(r.prefix, r.prefix + "/", r) for r in self._routes]
+        self._folded: _Prefixes = [(_fold(p), _fold(b), r) for p, b, r in self._prefixes]
         self._upstream_base = {r.name: _upstream_base(r.upstream) for r in self._routes}
         self._resolved: dict[str, Match] = {}  # raw path -> its match (see resolve)
 
@@ -167,19 +219,28 @@ class RouteTable:
 
     def match(self, target: Target) -> Match:
         path = target.path
-        for route in self._routes:
-            prefix = route.prefix
-            if prefix != "/" and not (path == prefix or path.startswith(prefix + "/")):
-                continue
-            if target.lowest_pop is not None and target.lowest_pop < _depth(prefix):
-                raise _refuse(f"the path uses '..' to reach route {route.name!r} from outside "
-                              "its prefix")
-            rest = path
-            if route.strip_prefix and prefix != "/":
-                rest = path[len(prefix):] or "/"
-            base = self._upstream_base[route.name]
-            return Match(route=route, upstream_path=base + rest if base else rest)
-        raise RequestRefused("no_route", "no route matches this path")
+        route = _find(path, self._prefixes)
+        if route is None:
+            raise RequestRefused("no_route", "no route matches this path")
+        prefix = route.prefix
+        if target.lowest_pop is not None and target.lowest_pop < _depth(prefix):
+            raise _refuse(f"the path uses '..' to reach route {route.name!r} from outside "
+                          "its prefix")
+        # The other readings (see the module's docstring) must land on the same route.
+        bare = _without_parameters(path) if ";" in path else path
+        if bare is not path and _find(bare, self._prefixes) is not route:
+            raise _refuse("the path's ';' parameters would route it elsewhere on a server "
+                          "that drops them (Tomcat, Jetty, Spring)")
+        folded = self._folded
+        if _find(_fold(path), folded) is not route or (
+                bare is not path and _find(_fold(bare), folded) is not route):
+            raise _refuse("the path in other letter case belongs to another route, as a "
+                          "case-insensitive upstream would read it")
+        rest = path
+        if route.strip_prefix and prefix != "/":
+            rest = path[len(prefix):] or "/"
+        base = self._upstream_base[route.name]
+        return Match(route=route, upstream_path=base + rest if base else rest)
 
 
 def _upstream_base(upstream: str) -> str:

@@ -208,6 +208,8 @@ def start_gateway(directory: Path, name: str, redis_url: str, upstream_port: int
         {"name": "pub", "prefix": "/pub/", "upstream": url, "public": True},
         {"name": "other", "prefix": "/other/", "upstream": url, "public": True},
         {"name": "keyed", "prefix": "/keyed/", "upstream": url, "scopes": [VISION]},
+        # A protected route nested in a public one, on the same upstream (issue 17, item 1).
+        {"name": "pub-admin", "prefix": "/pub/admin/", "upstream": url, "scopes": [VISION]},
     ]
     path, port, admin_port = write_config(directory / f"{name}.yaml", redis_url, routes)
     if trusted:
@@ -690,6 +692,34 @@ PATHS = [
          "no_route"),
     Case("prefix_in_other_case", lambda c: head(c, target=b"/PUB/x"), 404, "no_route"),
     Case("dotdot_inside_the_prefix_is_fine", lambda c: head(c, target=b"/pub/a/../b"), 200),
+] + [
+    # Issue 17, item 1: `/pub/` is public, `/pub/admin/` protected. Tomcat, Jetty and Spring
+    # drop `;` parameters before matching, Express and ASP.NET ignore case: each of these is
+    # the admin handler to one of them, and used to be forwarded by the public route.
+    Case(f"nested_prefix_{name}", (lambda t: lambda c: head(c, target=t))(target), 400,
+         "bad_request")
+    for name, target in [
+        ("routed_around_by_parameters", b"/pub/admin;x/users"),
+        ("routed_around_by_jsessionid", b"/pub/admin;jsessionid=1/users"),
+        ("routed_around_by_an_empty_parameter", b"/pub/admin;/users"),
+        ("routed_around_by_a_parameter_only_segment", b"/pub/;x/admin/users"),
+        ("routed_around_by_upper_case", b"/pub/ADMIN/users"),
+        ("routed_around_by_mixed_case", b"/pub/Admin/users"),
+        ("routed_around_by_case_and_parameters", b"/pub/aDmin;x=1/users"),
+        ("routed_around_by_a_dotless_i", b"/pub/adm%C4%B1n/users"),
+        ("dotdot_after_a_parameter_only_segment", b"/pub/x/;x/../admin/users"),
+    ]
+] + [
+    Case("nested_prefix_needs_the_credential", lambda c: head(c, target=b"/pub/admin/users"),
+         401, "missing_credentials"),
+    Case("nested_prefix_with_the_credential_is_fine", lambda c: head(
+        c, api_key_line(c), target=b"/pub/admin/users"), 200, check=identity_of("api-key")),
+    Case("nested_prefix_jsessionid_inside_it_is_fine", lambda c: head(
+        c, api_key_line(c), target=b"/pub/admin/users;jsessionid=1"), 200,
+         check=identity_of("api-key")),
+    Case("jsessionid_on_the_public_route_is_fine", lambda c: head(
+        c, target=b"/pub/x;jsessionid=1"), 200, check=no_identity),
+    Case("other_case_inside_one_route_is_fine", lambda c: head(c, target=b"/pub/Users/X"), 200),
 ]
 
 AUTHORIZATION = [

@@ -443,6 +443,8 @@ def _route(**overrides: Any) -> dict[str, Any]:
         ({"routes": [_route(prefix="/a//b")]}, "routes[0].prefix", "absolute path"),
         ({"routes": [_route(prefix="/a%2Fb")]}, "routes[0].prefix", "absolute path"),
         ({"routes": [_route(prefix="/a?b")]}, "routes[0].prefix", "absolute path"),
+        # A servlet container reads `/a;v=1` as `/a` (issue 17, item 1).
+        ({"routes": [_route(prefix="/a;v=1/b")]}, "routes[0].prefix", "';'"),
         ({"routes": [_route(upstream="ftp://h")]}, "routes[0].upstream", "http"),
         ({"routes": [_route(upstream="127.0.0.1:9103")]}, "routes[0].upstream", "http"),
         ({"routes": [_route(upstream="http://")]}, "routes[0].upstream", "host"),
@@ -519,6 +521,9 @@ def test_build_config_reports_every_problem_at_once() -> None:
           _route(name="a", prefix="/c")], "routes[2].name", "routes[0].name"),
         ([_route(name="r1", prefix="/"), _route(name="r2", prefix="/")],
          "routes[1].prefix", "routes[0].prefix"),
+        # A case-insensitive upstream cannot tell them apart (issue 17, item 1).
+        ([_route(), _route(name="v2", prefix="/Vision/")], "routes[1].prefix",
+         "routes[0].prefix"),
     ],
 )
 def test_build_config_duplicate_routes(routes: list[dict[str, Any]], path: str,

@@ -455,3 +455,78 @@ def test_resolve_memo_is_bounded() -> None:
     for index in range(MAX_RESOLVED + 10):
         assert table.resolve(f"/vision/{index}")[0].upstream_path == f"/vision/{index}"
     assert len(table._resolved) <= MAX_RESOLVED
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 17, item 1: a nested prefix reached around by `;` parameters or by letter case. Servlet
+# containers (Tomcat, Jetty, Spring) drop `;...` from each segment before matching; Express and
+# ASP.NET match regardless of case. A path whose reading by either lands on another route than
+# the path as sent is refused; one whose readings agree routes as before.
+# ---------------------------------------------------------------------------------------------
+
+NESTED = RouteTable([
+    _r("api", "/api"),  # public in the issue's report: routed around, the admin check is skipped
+    _r("admin", "/api/admin"),
+    _r("public-docs", "/docs/public"),  # the other way round: the nested route is the lax one
+    _r("docs", "/docs"),
+])
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/api/admin;x/users",
+        "/api/admin;jsessionid=1/users",
+        "/api/admin;/users",
+        "/api/admin;a=1;b=2",
+        "/api/;x/admin/users",  # the parameter-only segment merges away: /api/admin/users
+        "/api/admin%3Bx/../admin;x/users",
+        "/api/ADMIN/users",
+        "/api/Admin",
+        "/api/ADMIN;x/users",
+        "/api/adm%c4%b1n/users",  # dotless i: Java's equalsIgnoreCase equates it with 'i'
+        "/docs/public;x/secret",  # a plain upstream reads this under /docs, not /docs/public
+        "/docs/PUBLIC/secret",
+        # Ours: /api/a/admin/users; Tomcat's: /api/a//../admin/users -> /api/admin/users.
+        "/api/a/;x/../admin/users",
+    ],
+)
+def test_a_path_read_otherwise_by_servlet_or_case_insensitive_upstreams_is_refused(
+        target: str) -> None:
+    with pytest.raises(RequestRefused) as info:
+        NESTED.match(parse_target(target))
+    assert info.value.code == "bad_request"
+    with pytest.raises(RequestRefused):
+        NESTED.resolve(target)  # and the memo never remembers it as a route
+    with pytest.raises(RequestRefused):
+        NESTED.resolve(target)
+
+
+@pytest.mark.parametrize(
+    ("target", "route", "upstream_path"),
+    [
+        ("/api/admin/users", "admin", "/api/admin/users"),
+        ("/api/x;y/z", "api", "/api/x;y/z"),
+        ("/api/users;jsessionid=1", "api", "/api/users;jsessionid=1"),
+        ("/api/admin/users;jsessionid=1", "admin", "/api/admin/users;jsessionid=1"),
+        ("/api/admin/;jsessionid=1", "admin", "/api/admin/;jsessionid=1"),
+        ("/api/Users/ABC", "api", "/api/Users/ABC"),
+        ("/api/admin/Users", "admin", "/api/admin/Users"),
+        ("/api/administrators", "api", "/api/administrators"),
+        ("/docs/public/x;v=2", "public-docs", "/docs/public/x;v=2"),
+        ("/api/a;x/../b", "api", "/api/b"),
+    ],
+)
+def test_a_path_whose_readings_agree_routes_as_before(target: str, route: str,
+                                                      upstream_path: str) -> None:
+    match = NESTED.match(parse_target(target))
+    assert (match.route.name, match.upstream_path) == (route, upstream_path)
+    assert NESTED.resolve(target)[0] == match
+
+
+def test_a_path_in_other_case_outside_every_route_is_still_no_route() -> None:
+    # Nothing is forwarded, so nothing is routed around.
+    for target in ("/API/x", "/API/admin/users"):
+        with pytest.raises(RequestRefused) as info:
+            NESTED.match(parse_target(target))
+        assert info.value.code == "no_route"
