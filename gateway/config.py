@@ -82,6 +82,10 @@ class ListenConfig:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     # On SIGTERM, how long requests in flight may take to finish before they are cut.
     drain_timeout: float = 30.0
+    # Removed from requests of untrusted peers: upstreams read them as a path (IIS, Symfony,
+    # Laravel), a client address, or an HTTP proxy (httpoxy). Lower case.
+    strip_headers: tuple[str, ...] = ("x-original-url", "x-rewrite-url", "x-real-ip",
+                                      "true-client-ip", "x-client-ip", "proxy")
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -283,6 +287,17 @@ def _scopes(value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _header_names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and _TOKEN.fullmatch(v)
+                                              for v in value):
+        raise ValueError("expected a list of header names")
+    # As the proxy compares them: `X_Real_IP` is `X-Real-IP` to a CGI-style upstream.
+    return tuple(dict.fromkeys(v.lower().replace("_", "-") for v in value))
+
+
 def _networks(value: object) -> tuple[IPNetwork, ...]:
     if not isinstance(value, list):
         raise ValueError("expected a list of addresses or CIDR networks")
@@ -467,7 +482,8 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
     reader.unknown(data, "", {"listen", "admin", "redis", "keys", "hmac", "brute_force",
                               "routes", "data_dir", "log"})
 
-    raw = reader.section(data, "listen", {"host", "port", "trusted_proxies", "drain_timeout"})
+    raw = reader.section(data, "listen", {"host", "port", "trusted_proxies", "drain_timeout",
+                                          "strip_headers"})
     listen = ListenConfig(
         host=reader.get(raw, "host", "listen.host", _string, _LISTEN.host),
         port=reader.get(raw, "port", "listen.port", _port, _LISTEN.port),
@@ -475,6 +491,8 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
                                    _networks, ()),
         drain_timeout=reader.get(raw, "drain_timeout", "listen.drain_timeout",
                                  parse_duration, _LISTEN.drain_timeout),
+        strip_headers=reader.get(raw, "strip_headers", "listen.strip_headers", _header_names,
+                                 _LISTEN.strip_headers),
     )
     raw = reader.section(data, "log", {"level", "access_log"})
     log = LogConfig(

@@ -24,7 +24,13 @@ from gateway.observability.metrics import (
 )
 from gateway.observability.tally import TALLY
 from gateway.proxy.forward import UpstreamRequest, forward
-from gateway.proxy.headers import is_trusted, request_id_from, upstream_request_fields
+from gateway.proxy.headers import (
+    DROP_INBOUND,
+    is_trusted,
+    request_id_from,
+    untrusted_drop,
+    upstream_request_fields,
+)
 from gateway.proxy.listener import Exchange
 from gateway.proxy.routing import RouteTable
 from gateway.proxy.upstream import Origin, UpstreamPool
@@ -60,11 +66,13 @@ class ProxyState:
     config: Config
     routes: RouteTable
     upstreams: dict[str, UpstreamAddress]
+    drop_untrusted: frozenset[str]  # header names removed from an untrusted peer's request
 
     @classmethod
     def from_config(cls, config: Config) -> ProxyState:
         return cls(config=config, routes=RouteTable(config.routes),
-                   upstreams={r.name: upstream_address(r.upstream) for r in config.routes})
+                   upstreams={r.name: upstream_address(r.upstream) for r in config.routes},
+                   drop_untrusted=untrusted_drop(config.listen.strip_headers))
 
 
 class ProxyHandler:
@@ -105,13 +113,15 @@ class ProxyHandler:
                 trusted = state.config.listen.trusted_proxies
                 if not route.public:
                     identity, body = await self._authenticate(exchange, route, peer, trusted)
+                trusted_peer = bool(trusted) and is_trusted(peer, trusted)
                 fields = upstream_request_fields(
                     exchange.headers,
                     peer=peer,
-                    trusted_peer=bool(trusted) and is_trusted(peer, trusted),
+                    trusted_peer=trusted_peer,
                     scheme=exchange.scheme,
                     request_id=request_id,
                     identity=identity,
+                    drop=DROP_INBOUND if trusted_peer else state.drop_untrusted,
                 )
                 address = state.upstreams[route.name]
                 target_text = match.upstream_path

@@ -2,8 +2,9 @@
 
 Inbound to the upstream: hop-by-hop headers (and any the client's `Connection` names) go, the
 credential goes, every `X-Auth-*` goes (the gateway alone speaks for the identity), the
-`X-Forwarded-*` set is rewritten, and `Content-Length` is the forwarder's to set. Outbound to
-the client: hop-by-hop headers go.
+`X-Forwarded-*` set is rewritten, `Content-Length` is the forwarder's to set, and from an
+untrusted peer the headers upstreams read as a path or client override (`listen.strip_headers`)
+go. Outbound to the client: hop-by-hop headers go.
 """
 
 from __future__ import annotations
@@ -31,7 +32,41 @@ _REWRITTEN = frozenset({
 # The body's framing is the forwarder's own: it sends the body as it has it (whole, streamed as
 # received, or chunked). Transfer-Encoding is hop-by-hop already.
 _FRAMING = frozenset({"content-length"})
-_DROP_INBOUND = HOP_BY_HOP | CREDENTIAL_HEADERS | _REWRITTEN | _FRAMING
+DROP_INBOUND = HOP_BY_HOP | CREDENTIAL_HEADERS | _REWRITTEN | _FRAMING
+
+
+def untrusted_drop(strip_headers: Iterable[str]) -> frozenset[str]:
+    """What goes from an untrusted peer's request: DROP_INBOUND and `listen.strip_headers`
+    (lower case, as config gives them). Built once per config, not per request."""
+    return DROP_INBOUND | frozenset(strip_headers)
+
+
+# RFC 3986 §3.2.2 host and §3.2.3 port, as RFC 9110 §7.2 takes them for `Host`: a reg-name
+# (which an IPv4 address also is) or an IP literal in brackets, then an optional port; never
+# userinfo, a path, a backslash or a space (`evil.example/..@x`). Percent-encoding, though the
+# reg-name grammar allows it, is refused: no real host name needs it, and an upstream that
+# decodes X-Forwarded-Host would read `%2F` as the slash refused here.
+_HOST = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+,;=-]+|\[([0-9A-Fa-f:.]+)\])(?::[0-9]{0,5})?")
+_ACCEPTED_HOSTS: set[str] = set()  # valid values seen: a client sends the same one each time
+_MAX_ACCEPTED_HOSTS = 1024
+
+
+def valid_host(value: str) -> bool:
+    """Whether a `Host` field value is a valid authority (host and optional port)."""
+    if value in _ACCEPTED_HOSTS:
+        return True
+    match = _HOST.fullmatch(value)
+    if match is None:
+        return False
+    if match.group(1) is not None:
+        try:
+            ipaddress.IPv6Address(match.group(1))
+        except ValueError:
+            return False
+    if len(_ACCEPTED_HOSTS) >= _MAX_ACCEPTED_HOSTS:
+        _ACCEPTED_HOSTS.clear()  # a flood of distinct hosts costs a check, not memory
+    _ACCEPTED_HOSTS.add(value)
+    return True
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._~+/=:@-]{1,128}")
 
@@ -98,11 +133,13 @@ def upstream_request_fields(
     scheme: str,
     request_id: str,
     identity: Mapping[str, str] | None = None,
+    drop: frozenset[str] = DROP_INBOUND,
 ) -> str:
     """The header fields to send upstream for one request, as lines of its head
     (`Name: value` and CRLF each; the forwarder adds Host and the framing). Written as text in
-    the one pass that filters them: the head is built once, not gathered and then formatted."""
-    drop = _DROP_INBOUND
+    the one pass that filters them: the head is built once, not gathered and then formatted.
+    `drop` is the set of (lower-case) names removed: `untrusted_drop(...)` for an untrusted
+    peer."""
     if "Connection" in incoming:
         drop = drop | connection_tokens(incoming)
     lines: list[str] = []

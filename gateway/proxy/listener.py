@@ -22,6 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import ClientGone, ClientTooSlow, RequestRefused
 from gateway.proxy.flow import WriteFlow
+from gateway.proxy.headers import valid_host
 from gateway.proxy.responses import error_reply
 
 log = logging.getLogger(__name__)
@@ -388,6 +389,10 @@ class ProxyConnection(asyncio.Protocol):
         if len(hosts) > 1 or (not hosts and version == "1.1"):
             raise _Refusal(RequestRefused("bad_request",
                                           "an HTTP/1.1 request needs exactly one Host header"))
+        if hosts and not valid_host(hosts[0]):
+            # `Host: evil.example/..@x` would reach the upstream as X-Forwarded-Host.
+            raise _Refusal(RequestRefused("bad_request", "the Host header is not a valid "
+                                          "authority (a host name or address, and a port)"))
         length_text = headers.get("Content-Length")
         content_length = int(length_text) if length_text is not None else None
         chunked = "Transfer-Encoding" in headers  # llhttp accepts only a final `chunked`

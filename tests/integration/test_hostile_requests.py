@@ -659,6 +659,36 @@ HOST_TRICKS = [
     Case("x_forwarded_host_spoof_untrusted", lambda c: head(
         c, b"X-Forwarded-Host: evil.test"), 200,
          check=forwarded("127.0.0.1", "http", HOST)),
+] + [
+    # Issue 17, item 4: a Host that is not an authority (RFC 9110 §7.2, RFC 3986 §3.2) would
+    # reach the upstream as X-Forwarded-Host; nginx answers these 400 too.
+    Case(f"host_{name}", (lambda h: lambda c: head(c, host=h))(host), 400, "bad_request")
+    for name, host in [
+        ("with_path_and_userinfo", b"evil.example/..@x"),
+        ("with_userinfo", b"user@" + HOST.encode()),
+        ("with_slash", HOST.encode() + b"/"),
+        ("with_backslash", HOST.encode() + b"\\x"),
+        ("with_space", b"gw test"),
+        ("with_percent_encoding", b"evil.example%2F..%2Fx"),
+        ("with_query", HOST.encode() + b"?x"),
+        ("with_port_not_a_number", HOST.encode() + b":80x"),
+        ("with_port_of_six_digits", HOST.encode() + b":123456"),
+        ("with_two_ports", HOST.encode() + b":80:81"),
+        ("ipv6_unbracketed", b"::1"),
+        ("ipv6_unclosed", b"[::1"),
+        ("ipv6_not_an_address", b"[::g]"),
+        ("ip_future", b"[v1.x]"),
+        ("empty", b""),
+    ]
+] + [
+    Case(f"host_{name}_is_fine", (lambda h: lambda c: head(c, host=h))(host), 200,
+         check=(lambda h: forwarded("127.0.0.1", "http", h.decode()))(host))
+    for name, host in [
+        ("with_port", HOST.encode() + b":8080"),
+        ("ipv4", b"127.0.0.1:80"),
+        ("ipv6", b"[::1]:8080"),
+        ("upper_case", b"GW.Test"),
+    ]
 ]
 
 PATHS = [
@@ -751,6 +781,12 @@ AUTHORIZATION = [
         c, api_key_line(c), *signed_lines(c), target=b"/keyed/x"), 400, "bad_request"),
 ]
 
+OVERRIDE_NAMES = ("X-Original-URL", "X-Rewrite-URL", "X-Real-IP", "True-Client-IP",
+                  "X-Client-IP", "Proxy")
+OVERRIDES = (b"X-Original-URL: /keyed/x", b"X-Rewrite-URL: /keyed/x", b"X-Real-IP: 6.6.6.6",
+             b"True-Client-IP: 6.6.6.6", b"X-Client-IP: 6.6.6.6",
+             b"Proxy: http://evil.test:3128")
+
 SPOOFING = [
     Case("identity_and_forwarding_spoofed_untrusted", lambda c: head(
         c, api_key_line(c), b"X-Auth-Account-Id: acc_spoofed", b"X-Auth-Key-Id: spoofed",
@@ -766,6 +802,20 @@ SPOOFING = [
         b"X-Forwarded-Host: evil.test", target=b"/keyed/x"), 200, gateway="trusted",
          check=all_of(identity_of("api-key"),
                       forwarded("6.6.6.6, 127.0.0.1", "https", "evil.test"))),
+    # Issue 17, item 4: headers upstreams read as a path (IIS, Symfony, Laravel), a client
+    # address, or a proxy to use (httpoxy) do not pass from an untrusted peer; a trusted proxy
+    # may set them.
+    Case("override_headers_untrusted", lambda c: head(c, *OVERRIDES), 200,
+         check=all_of(*[no_header(n) for n in OVERRIDE_NAMES])),
+    Case("override_headers_with_underscores_untrusted", lambda c: head(
+        c, b"X_Original_URL: /keyed/x", b"X_Real_IP: 6.6.6.6"), 200,
+         check=all_of(no_header("X_Original_URL"), no_header("X_Real_IP"))),
+    Case("override_headers_on_a_keyed_route_untrusted", lambda c: head(
+        c, api_key_line(c), *OVERRIDES, target=b"/keyed/x"), 200,
+         check=all_of(identity_of("api-key"), *[no_header(n) for n in OVERRIDE_NAMES])),
+    Case("override_headers_trusted", lambda c: head(c, *OVERRIDES), 200, gateway="trusted",
+         check=all_of(header_value("X-Real-IP", "6.6.6.6"),
+                      header_value("X-Original-URL", "/keyed/x"))),
     Case("x_forwarded_for_two_lines_untrusted", lambda c: head(
         c, b"X-Forwarded-For: 1.1.1.1", b"X-Forwarded-For: 2.2.2.2, 3.3.3.3"), 200,
          check=forwarded("127.0.0.1", "http", HOST)),

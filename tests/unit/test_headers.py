@@ -15,7 +15,9 @@ from gateway.proxy.headers import (
     client_response_pairs,
     is_trusted,
     request_id_from,
+    untrusted_drop,
     upstream_request_fields,
+    valid_host,
 )
 
 FRESH_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -450,3 +452,45 @@ def test_request_id_fresh_ids_differ_across_pool_refills_and_forks() -> None:
     os.close(read)
     assert FRESH_ID.fullmatch(child_id)
     assert child_id != request_id_from(None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 17, item 4: override headers from untrusted peers, and the Host field's syntax
+# ---------------------------------------------------------------------------------------------
+
+OVERRIDES = [("X-Original-URL", "/admin"), ("X-Rewrite-URL", "/admin"), ("X-Real-IP", "6.6.6.6"),
+             ("True-Client-IP", "6.6.6.6"), ("X-Client-IP", "6.6.6.6"), ("Proxy", "http://e:1"),
+             ("X_Real_IP", "6.6.6.6")]
+DEFAULT_STRIP = ("x-original-url", "x-rewrite-url", "x-real-ip", "true-client-ip", "x-client-ip",
+                 "proxy")
+
+
+def test_override_headers_go_with_the_untrusted_drop_set_only() -> None:
+    lines = upstream_request_fields(_h(*OVERRIDES, ("X-Kept", "1")), peer=PEER,
+                                    trusted_peer=False, scheme="http", request_id=RID,
+                                    drop=untrusted_drop(DEFAULT_STRIP))
+    assert "X-Kept: 1\r\n" in lines
+    for name, _ in OVERRIDES:
+        assert f"{name}:" not in lines
+    # From a trusted proxy (the default drop set), they pass.
+    trusted = _upstream(*OVERRIDES, trusted=True)
+    assert all(name in trusted for name, _ in OVERRIDES)
+
+
+@pytest.mark.parametrize("value", [
+    "gw.test", "gw.test:8080", "GW.Test", "127.0.0.1", "127.0.0.1:80", "[::1]", "[::1]:8080",
+    "[2001:db8::1]:443", "[::ffff:1.2.3.4]", "localhost:", "a_b.example", "xn--bcher-kva.example",
+])
+def test_valid_hosts(value: str) -> None:
+    assert valid_host(value)
+    assert valid_host(value)  # remembered
+
+
+@pytest.mark.parametrize("value", [
+    "", "evil.example/..@x", "user@gw.test", "user:pw@gw.test", "gw.test/", "gw.test\\x",
+    "gw test", " gw.test", "gw.test?x", "gw.test#x", "gw.test:80x", "gw.test:123456",
+    "gw.test:80:81", "::1", "[::1", "::1]", "[::g]", "[v1.x]", "[fe80::1%25eth0]",
+    "evil%2Fx", "gw.test\t", "caf\u00e9.example", '"gw.test"', "<gw.test>",
+])
+def test_invalid_hosts(value: str) -> None:
+    assert not valid_host(value)
