@@ -353,6 +353,15 @@ def well_signed(ctx: Ctx, inner: str = COVERED, **override: str | None) -> bytes
                              f"sig1=:{own_signature(ctx, params_line)}:")
 
 
+def field_signed(ctx: Ctx, fields: dict[str, str]) -> bytes:
+    """A GET whose signature also covers these header fields, sent as given."""
+    components = ("@method", "@authority", "@path", *fields)
+    params_line = "(" + " ".join(f'"{c}"' for c in components) + ")" + sf_params(ctx)
+    signature = own_signature(ctx, params_line, components=components, fields=fields)
+    return signature_request(ctx, "sig1=" + params_line, f"sig1=:{signature}:",
+                             *[f"{name}: {value}".encode() for name, value in fields.items()])
+
+
 def junk_signed(ctx: Ctx, signature_input: str | bytes, signature: str = "sig1=:AAAA:") -> bytes:
     return signature_request(ctx, signature_input, signature)
 
@@ -945,6 +954,10 @@ SIGNATURES = [
         method=b"POST", target=b"/keyed/x", body=DIGESTED), 200, check=body_is(DIGESTED)),
     Case("hmac_independent_signer_without_alg_is_fine", lambda c: well_signed(c, alg=None), 200,
          check=identity_of("hmac")),
+    # Issue 17, item 12: RFC 9110 §5.5 allows a tab inside a field value.
+    Case("hmac_covered_value_with_a_tab_is_fine", lambda c: field_signed(
+        c, {"x-tab": "a\tb\t\tc"}), 200, check=all_of(identity_of("hmac"),
+                                                     header_value("X-Tab", "a\tb\t\tc"))),
 ]
 
 CASES = [*SMUGGLING, *FOLDING_AND_BYTES, *REQUEST_LINE, *LIMITS, *HOST_TRICKS, *PATHS,

@@ -258,12 +258,20 @@ def test_signature_base_layout() -> None:
                     b';created=1;nonce="n"')
 
 
-@pytest.mark.parametrize("value", ["caf\u00e9", "a\x01b", "a\x7fb", "a\rb"],
-                         ids=["non-ascii", "ctl", "del", "cr"])
+@pytest.mark.parametrize("value", ["caf\u00e9", "a\x01b", "a\x7fb", "a\rb", "a\tb\x01",
+                                   "a\t\nb"],
+                         ids=["non-ascii", "ctl", "del", "cr", "tab-and-ctl", "tab-and-lf"])
 def test_signature_base_refuses_unprintable_values(value: str) -> None:
     with pytest.raises(SignatureError) as info:
         signature_base(("x-v",), '("x-v")', facts(headers={"X-V": value}))
     assert info.value.code == "invalid_signature"
+
+
+def test_signature_base_keeps_a_tab_inside_a_value() -> None:
+    """Issue 17, item 12: RFC 9110 §5.5 allows HTAB inside a field value and RFC 9421 §2.5
+    forbids only non-ASCII; the tabs at the ends are trimmed as OWS (§2.1)."""
+    base = signature_base(("x-v",), '("x-v")', facts(headers={"X-V": "\ta\tb\t\tc \t"}))
+    assert base == b'"x-v": a\tb\t\tc\n"@signature-params": ("x-v")'
 
 
 # ---------------------------------------------------------------------------------------------
