@@ -146,7 +146,7 @@ class Authenticator:
             parsed = signatures.parse(credential.signature_input, credential.signature)
             raw_path, has_query, query = request.raw_path.partition("?")
             signatures.check_coverage(parsed, has_query=bool(has_query),
-                                      has_body=request.body_exists)
+                                      has_body=request.body_exists, query=query)
         except signatures.SignatureError as exc:
             raise RequestRefused(exc.code, exc.message) from None
 

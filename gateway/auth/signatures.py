@@ -5,6 +5,11 @@ signature base is built exactly as RFC 9421 §2.5 says; the `@signature-params` 
 canonical serialisation of the inner list and its parameters. `Content-Digest` (RFC 9530) is
 checked here too. The client signer (`gateway.client`) builds its base with the same function, so
 the two cannot drift apart; RFC 9421 Appendix B.2.5 pins both to the standard.
+
+Two component parameters are understood, both used by real signers: `"@query-param";name="..."`
+(§2.2.8, one query parameter) and `"<field>";key="..."` (§2.1.2, one member of a dictionary
+field, as `"content-digest";key="sha-256"`). A component with a parameter is kept as one string,
+`name;param="value"` (a field name is a token and holds no `;`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import hmac
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote
 
 from http_sfv.dictionary import Dictionary
 from http_sfv.item import InnerList
@@ -26,7 +32,10 @@ ALGORITHM = "hmac-sha256"
 DIGESTS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
 # Derived components the gateway can rebuild from the request (RFC 9421 §2.2).
 DERIVED = frozenset({"@method", "@target-uri", "@authority", "@scheme", "@request-target",
-                     "@path", "@query"})
+                     "@path", "@query", "@query-param"})
+# A covered Content-Digest member that binds the body: a digest the gateway checks.
+_DIGEST_MEMBERS = tuple(f'content-digest;key="{name}"' for name in DIGESTS)
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 MAX_FIELD = 8192
 
 
@@ -99,9 +108,9 @@ class _Fields:
     """The chosen signature as read from the fields, before its meaning is checked."""
 
     label: str
-    # Each covered item: its value (a str when it is a string) and whether it had parameters.
+    # Each covered item: its value (a str when it is a string) and its parameters.
     # None when read by _parse_simple: `names_text` holds them, and is all their checks need.
-    items: list[tuple[object, bool]] | None
+    items: list[tuple[object, Mapping[str, object]]] | None
     params: dict[str, object]
     params_line: str
     signature: bytes
@@ -109,11 +118,11 @@ class _Fields:
     # so their checks depend on this text alone and are remembered by it.
     names_text: str | None = None
 
-    def covered(self) -> list[tuple[object, bool]]:
+    def covered(self) -> list[tuple[object, Mapping[str, object]]]:
         if self.items is not None:
             return self.items
         names = self.names_text
-        return [(name, False) for name in names[1:-1].split('" "')] if names else []
+        return [(name, {}) for name in names[1:-1].split('" "')] if names else []
 
 
 def _parse_simple(signature_input: str, signature: str) -> _Fields | None:
@@ -161,7 +170,8 @@ def _parse_sfv(signature_input: str, signature: str) -> _Fields:
     sig_item = values[chosen]
     if isinstance(sig_item, InnerList) or not isinstance(sig_item.value, bytes):
         raise _invalid(f"Signature {chosen!r} is not a byte sequence")
-    items = [(item.value, bool(item.params)) for item in inner]
+    items: list[tuple[object, Mapping[str, object]]] = [
+        (item.value, dict(item.params)) for item in inner]
     return _Fields(chosen, items, dict(inner.params), str(inner), sig_item.value)
 
 
@@ -218,23 +228,42 @@ def _checked(fields: _Fields) -> ParsedSignature:
                            alg=alg)
 
 
-def _checked_components(items: list[tuple[object, bool]]) -> tuple[str, ...]:
+def _checked_components(items: list[tuple[object, Mapping[str, object]]]) -> tuple[str, ...]:
     components: list[str] = []
-    for name, has_params in items:
+    for name, params in items:
         # RFC 9421 §2: component names are sf-strings; http-sfv's Token and DisplayString are
         # str subclasses.
         if not isinstance(name, str) or isinstance(name, _SFV_NOT_STRING):
             raise _invalid("covered components must be quoted strings")
-        if has_params:
-            raise _invalid(f"component parameters are not supported ({name!r})")
         if name != name.lower():
             raise _invalid(f"component names are lower-case ({name!r})")
-        if name.startswith("@") and name not in DERIVED:
-            raise _invalid(f"unsupported derived component {name!r}")
-        if name in components:
+        if name.startswith("@"):
+            if name not in DERIVED:
+                raise _invalid(f"unsupported derived component {name!r}")
+        elif not _FIELD_NAME.fullmatch(name):
+            raise _invalid(f"covered component {name!r} is not a field name")
+        component = name + _component_parameter(name, params) \
+            if params or name == "@query-param" else name
+        if component in components:
             raise _invalid(f"component {name!r} is listed twice")
-        components.append(name)
+        components.append(component)
     return tuple(components)
+
+
+def _component_parameter(name: str, params: Mapping[str, object]) -> str:
+    """`;name="..."` of an @query-param (§2.2.8), `;key="..."` of a dictionary field member
+    (§2.1.2); any other parameter is refused."""
+    allowed = "name" if name == "@query-param" else "key"
+    if (name.startswith("@") and name != "@query-param") or list(params) != [allowed]:
+        if name == "@query-param":
+            raise _invalid("@query-param takes exactly one parameter, name")
+        raise _invalid(f"component parameters are not supported ({name!r}), but key on a "
+                       "dictionary field")
+    value = params[allowed]
+    if not isinstance(value, str) or isinstance(value, _SFV_NOT_STRING) or not value \
+            or '"' in value or "\\" in value:
+        raise _invalid(f"the {allowed} parameter of {name!r} must be a plain quoted string")
+    return f';{allowed}="{value}"'
 
 
 def required_components(*, has_query: bool, has_body: bool) -> tuple[str, ...]:
@@ -246,11 +275,66 @@ def required_components(*, has_query: bool, has_body: bool) -> tuple[str, ...]:
     return tuple(needed)
 
 
-def check_coverage(parsed: ParsedSignature, *, has_query: bool, has_body: bool) -> None:
+def check_coverage(parsed: ParsedSignature, *, has_query: bool, has_body: bool,
+                   query: str | None = None) -> None:
+    """The components SPEC §4 requires are covered. `@query` may instead be covered parameter
+    by parameter (`@query-param` for each name in the query, none repeated), and the body by
+    the `sha-256` or `sha-512` member of `content-digest`."""
+    covered = parsed.components
     missing = [c for c in required_components(has_query=has_query, has_body=has_body)
-               if c not in parsed.components]
+               if c not in covered]
     if missing:
-        raise _invalid("the signature must cover " + ", ".join(missing))
+        missing = [c for c in missing if not _covered_otherwise(c, covered, query)]
+        if missing:
+            raise _invalid("the signature must cover " + ", ".join(missing))
+
+
+def _covered_otherwise(component: str, covered: tuple[str, ...], query: str | None) -> bool:
+    if component == "content-digest":
+        return any(member in covered for member in _DIGEST_MEMBERS)
+    if component == "@query":
+        names = [_form_encoded(name) for name, _ in _query_pairs(query or "")]
+        return bool(names) and len(set(names)) == len(names) and all(
+            f'@query-param;name="{name}"' in covered for name in names)
+    return False
+
+
+def _query_pairs(query: str) -> list[tuple[str, str]]:
+    """application/x-www-form-urlencoded parsing (RFC 9421 §2.2.8 names the WHATWG URL
+    standard's): '&'-separated, '+' is a space, percent-decoded as UTF-8."""
+    return parse_qsl(query, keep_blank_values=True)
+
+
+def _form_encoded(text: str) -> str:
+    """Re-encoded with the application/x-www-form-urlencoded percent-encode set (all but ASCII
+    letters, digits and `*-._`), a space as %20 (RFC 9421 §2.2.8)."""
+    return quote(text, safe="*").replace("~", "%7E")
+
+
+def _query_param(query: str | None, wanted: str) -> str:
+    values = [value for name, value in _query_pairs(query or "")
+              if _form_encoded(name) == wanted]
+    if len(values) != 1:
+        # §2.2.8: a name that occurs several times must not be covered one by one.
+        raise _invalid(f"query parameter {wanted!r} is "
+                       + ("not in the query" if not values else "repeated in the query"))
+    return _form_encoded(values[0])
+
+
+def _parameterised_value(component: str, facts: RequestFacts) -> str:
+    name, _, param = component.partition(";")
+    wanted = param.partition("=")[2][1:-1]
+    if name == "@query-param":
+        return _query_param(facts.query, wanted)
+    # §2.1.2: the member's value serialised, parameters included.
+    field = Dictionary()
+    try:
+        field.parse(component_value(name, facts).encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise _invalid(f"covered field {name!r} is not a dictionary") from None
+    if wanted not in field:
+        raise _invalid(f"covered field {name!r} has no member {wanted!r}")
+    return str(field[wanted])
 
 
 def component_value(name: str, facts: RequestFacts) -> str:
@@ -269,6 +353,8 @@ def component_value(name: str, facts: RequestFacts) -> str:
     if name == "@target-uri":
         query = "?" + facts.query if facts.query is not None else ""
         return f"{facts.scheme}://{facts.authority}{facts.path or '/'}{query}"
+    if ";" in name:
+        return _parameterised_value(name, facts)
     headers = facts.headers
     values = (headers.getall(name, []) if isinstance(headers, CIMultiDictProxy)
               else [v for k, v in headers.items() if k.lower() == name])
@@ -279,7 +365,8 @@ def component_value(name: str, facts: RequestFacts) -> str:
 
 
 def signature_base(components: Sequence[str], params_line: str, facts: RequestFacts) -> bytes:
-    lines = [f'"{name}": {component_value(name, facts)}' for name in components]
+    lines = [f'"{name}": {component_value(name, facts)}' if ";" not in name
+             else _parameterised_line(name, facts) for name in components]
     lines.append(f'"@signature-params": {params_line}')
     # Checked before the lines are joined: a line break inside a value would forge a line. The
     # lines run together hold exactly their characters, so one C-speed test covers them all.
@@ -291,6 +378,11 @@ def signature_base(components: Sequence[str], params_line: str, facts: RequestFa
             "\t" in together and together.replace("\t", " ").isprintable()))):
         raise _invalid("covered values must be ASCII without control characters but tab")
     return "\n".join(lines).encode("ascii")
+
+
+def _parameterised_line(component: str, facts: RequestFacts) -> str:
+    name, _, param = component.partition(";")
+    return f'"{name}";{param}: {_parameterised_value(component, facts)}'
 
 
 def hmac_sha256(key: bytes, base: bytes) -> bytes:

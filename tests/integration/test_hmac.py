@@ -297,6 +297,59 @@ async def test_an_independent_rfc9421_implementation_is_accepted(gateway, signed
     assert response.json()["headers"]["X-Auth-Key-Id"] == key.id
 
 
+async def test_query_params_and_a_digest_member_signed_independently_are_accepted(
+        gateway, signed_key) -> None:  # type: ignore[no-untyped-def]
+    """Issue 17, item 13: a third-party signer covering `"@query-param";name="..."` for every
+    query parameter (RFC 9421 §2.2.8) and `"content-digest";key="sha-256"` (§2.1.2) instead
+    of `@query` and the whole `content-digest`; through a real gateway, with `requests`. A
+    parameter left unsigned, or a body changed under the signed digest member, is refused."""
+    from http_message_signatures import (
+        ContentDigest,
+        HTTPMessageSigner,
+        HTTPSignatureKeyResolver,
+        algorithms,
+    )
+
+    key, secret, _ = signed_key
+
+    class Resolver(HTTPSignatureKeyResolver):
+        def resolve_private_key(self, key_id: str) -> bytes:
+            return secret.encode("ascii")
+
+    signer = HTTPMessageSigner(signature_algorithm=algorithms.HMAC_SHA256,
+                               key_resolver=Resolver())
+
+    def send(query: str, names: tuple[str, ...], body: bytes = b'{"text": "hello"}',
+             sent_body: bytes | None = None) -> requests.Response:
+        prepared = requests.Request("POST", f"{gateway.url}/vision/translate?{query}",
+                                    data=body).prepare()
+        ContentDigest.add(prepared.headers, body)
+        signer.sign(prepared, key_id=key.id, created=datetime.now(),
+                    nonce=base64.urlsafe_b64encode(os.urandom(12)).decode(), label="sig1",
+                    covered_component_ids=(
+                        "@method", "@authority", "@path",
+                        *[f'"@query-param";name="{n}"' for n in names],
+                        '"content-digest";key="sha-256"'),
+                    use_existing_digest=True)
+        if sent_body is not None:
+            prepared.body = sent_body
+        return requests.Session().send(prepared, timeout=10)
+
+    response = await asyncio.to_thread(send, "to=fr&text=caf%C3%A9+au+lait", ("to", "text"))
+    assert response.status_code == 200, response.text
+    echoed = response.json()
+    assert echoed["headers"]["X-Auth-Key-Id"] == key.id
+    assert echoed["query"] == "to=fr&text=caf%C3%A9+au+lait"
+
+    unsigned = await asyncio.to_thread(send, "to=fr&admin=1", ("to",))
+    assert unsigned.status_code == 401
+    assert "@query" in unsigned.json()["error"]["message"]
+    swapped = await asyncio.to_thread(send, "to=fr", ("to",), b'{"text": "hello"}',
+                                      b'{"text": "evil!"}')
+    assert swapped.status_code == 401
+    assert swapped.json()["error"]["code"] == "invalid_signature"
+
+
 async def test_a_replay_is_refused_across_two_gateway_processes(tmp_path, redis_clean, upstream,
                                                                 signed_key) -> None:
     key, secret, _ = signed_key

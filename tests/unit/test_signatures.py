@@ -309,9 +309,25 @@ MALFORMED: list[tuple[str, str, str]] = [
     ("no-matching-label-many", GOOD_INPUT + ", sig3=(\"@path\")" + GOOD_PARAMS,
      "sig2=:dGVzdA==:, sig4=:dGVzdA==:"),
     ("component-param-sf", 'sig1=("@method" "content-type";sf)' + GOOD_PARAMS, GOOD_SIG),
-    ("component-param-key", 'sig1=("@method" "example-dict";key="a")' + GOOD_PARAMS, GOOD_SIG),
+    ("component-param-key-and-sf", 'sig1=("@method" "example-dict";key="a";sf)' + GOOD_PARAMS,
+     GOOD_SIG),
+    ("component-param-key-token", 'sig1=("@method" "example-dict";key=a)' + GOOD_PARAMS,
+     GOOD_SIG),
+    ("component-param-key-empty", 'sig1=("@method" "example-dict";key="")' + GOOD_PARAMS,
+     GOOD_SIG),
+    ("component-param-key-on-derived", 'sig1=("@path";key="a")' + GOOD_PARAMS, GOOD_SIG),
     ("component-param-req", 'sig1=("@method";req)' + GOOD_PARAMS, GOOD_SIG),
-    ("component-param-query-param", 'sig1=("@query-param";name="x")' + GOOD_PARAMS, GOOD_SIG),
+    ("component-param-query-param-token", 'sig1=("@query-param";name=x)' + GOOD_PARAMS,
+     GOOD_SIG),
+    ("component-param-query-param-two", 'sig1=("@query-param";name="x";y="1")' + GOOD_PARAMS,
+     GOOD_SIG),
+    ("component-param-query-param-key", 'sig1=("@query-param";key="x")' + GOOD_PARAMS,
+     GOOD_SIG),
+    ("component-param-query-param-quote", 'sig1=("@query-param";name="a\\"b")' + GOOD_PARAMS,
+     GOOD_SIG),
+    ("duplicate-query-param", 'sig1=("@query-param";name="x" "@query-param";name="x")'
+     + GOOD_PARAMS, GOOD_SIG),
+    ("component-not-a-field-name", 'sig1=("@method" "a;b")' + GOOD_PARAMS, GOOD_SIG),
     ("upper-case-field", 'sig1=("@method" "Content-Type")' + GOOD_PARAMS, GOOD_SIG),
     ("upper-case-derived", 'sig1=("@Method")' + GOOD_PARAMS, GOOD_SIG),
     ("unknown-derived-status", 'sig1=("@method" "@status")' + GOOD_PARAMS, GOOD_SIG),
@@ -709,3 +725,135 @@ def test_the_component_memo_is_bounded() -> None:
     for index in range(sig.MAX_COMPONENTS_SEEN + 5):
         sig.parse(_input(f'"@method" "x-field-{index}"'), _SIG)
     assert len(sig._COMPONENTS_SEEN) <= sig.MAX_COMPONENTS_SEEN
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 17, item 13: "@query-param";name="..." (RFC 9421 §2.2.8) and a dictionary member
+# "<field>";key="..." (§2.1.2), the values taken from the RFC's own examples
+# ---------------------------------------------------------------------------------------------
+
+RFC_QUERY = "param=value&foo=bar&baz=batman&qux="  # §2.2.8, first example
+RFC_QUERY_ENCODED = ("var=this%20is%20a%20big%0Avalue&bar=with+plus+whitespace"
+                     "&fa%C3%A7ade%22%3A%20=something")  # §2.2.8, second example
+RFC_DICT = "  a=1,    b=2;x=1;y=2,   c=(a   b   c)"  # §2.1.2 (Example-Dict)
+
+
+def parsed_components(inner: str) -> tuple[str, ...]:
+    return parse(f"sig1={inner}" + GOOD_PARAMS, GOOD_SIG).components
+
+
+@pytest.mark.parametrize(("inner", "query", "headers", "expected_lines"), [
+    ('("@query-param";name="baz")', RFC_QUERY, {}, ['"@query-param";name="baz": batman']),
+    ('("@query-param";name="qux")', RFC_QUERY, {}, ['"@query-param";name="qux": ']),
+    ('("@query-param";name="param")', RFC_QUERY, {}, ['"@query-param";name="param": value']),
+    ('("@query-param";name="var")', RFC_QUERY_ENCODED, {},
+     ['"@query-param";name="var": this%20is%20a%20big%0Avalue']),
+    ('("@query-param";name="bar")', RFC_QUERY_ENCODED, {},
+     ['"@query-param";name="bar": with%20plus%20whitespace']),
+    ('("@query-param";name="fa%C3%A7ade%22%3A%20")', RFC_QUERY_ENCODED, {},
+     ['"@query-param";name="fa%C3%A7ade%22%3A%20": something']),
+    ('("example-dict";key="a")', None, {"Example-Dict": RFC_DICT},
+     ['"example-dict";key="a": 1']),
+    ('("example-dict";key="b")', None, {"Example-Dict": RFC_DICT},
+     ['"example-dict";key="b": 2;x=1;y=2']),
+    ('("example-dict";key="c")', None, {"Example-Dict": RFC_DICT},
+     ['"example-dict";key="c": (a b c)']),
+    ('("@method" "content-digest";key="sha-512" "@query-param";name="Pet")',
+     "param=Value&Pet=dog", {"Content-Digest": "sha-256=:AAAA:, sha-512=:BBBB:;x=1"},
+     ['"@method": GET', '"content-digest";key="sha-512": :BBBB:;x=1',
+      '"@query-param";name="Pet": dog']),
+])
+def test_parameterised_components_give_the_rfc_lines(inner: str, query: str | None,
+                                                     headers: dict[str, str],
+                                                     expected_lines: list[str]) -> None:
+    components = parsed_components(inner)
+    base = signature_base(components, inner, facts(query=query, headers=headers))
+    assert base.decode().split("\n") == [*expected_lines, f'"@signature-params": {inner}']
+
+
+@pytest.mark.parametrize(("inner", "query", "headers"), [
+    ('("example-dict";key="d")', None, {"Example-Dict": RFC_DICT}),  # §2.1.2: no such member
+    ('("example-dict";key="a")', None, {"Example-Dict": "a=(1"}),  # not a dictionary
+    ('("example-dict";key="a")', None, {}),  # no such field
+    ('("@query-param";name="nope")', RFC_QUERY, {}),
+    ('("@query-param";name="a")', "a=1&a=2", {}),  # §2.2.8: a repeated name is not covered
+    ('("@query-param";name="a")', None, {}),
+])
+def test_parameterised_components_that_name_nothing_are_invalid(
+        inner: str, query: str | None, headers: dict[str, str]) -> None:
+    with pytest.raises(SignatureError) as info:
+        signature_base(parsed_components(inner), inner, facts(query=query, headers=headers))
+    assert info.value.code == "invalid_signature"
+
+
+QP = '@query-param;name="{}"'.format
+SHA256_MEMBER, SHA512_MEMBER = 'content-digest;key="sha-256"', 'content-digest;key="sha-512"'
+
+
+@pytest.mark.parametrize(("components", "query", "has_body"), [
+    ((M, A, P, QP("a"), QP("b")), "a=1&b=2", False),  # every parameter, one by one
+    ((M, A, P, QP("b"), QP("a")), "a=1&&b=&", False),
+    ((M, A, P, QP("a%20b")), "a+b=1", False),
+    ((M, A, P, SHA256_MEMBER), None, True),
+    ((M, A, P, SHA512_MEMBER), None, True),
+])
+def test_coverage_by_query_params_and_digest_members(components: tuple[str, ...],
+                                                     query: str | None, has_body: bool) -> None:
+    check_coverage(parsed_with(components), has_query=query is not None, has_body=has_body,
+                   query=query)
+
+
+@pytest.mark.parametrize(("components", "query", "has_body"), [
+    ((M, A, P, QP("a")), "a=1&b=2", False),  # b is not signed
+    ((M, A, P, QP("a")), "a=1&a=2", False),  # a repeated name cannot be covered one by one
+    ((M, A, P), "", False),  # a bare '?' has nothing to cover by name
+    ((M, A, P, QP("a")), "", False),
+    ((M, A, P, 'content-digest;key="md5"'), None, True),  # binds no digest the gateway checks
+    ((M, A, P, 'x-digest;key="sha-256"'), None, True),
+])
+def test_coverage_by_parts_that_leave_something_unsigned_is_refused(
+        components: tuple[str, ...], query: str | None, has_body: bool) -> None:
+    with pytest.raises(SignatureError) as info:
+        check_coverage(parsed_with(components), has_query=query is not None,
+                       has_body=has_body, query=query)
+    assert info.value.code == "invalid_signature"
+
+
+def test_a_third_party_signature_over_query_params_and_a_digest_member_verifies() -> None:
+    """http-message-signatures (an independent RFC 9421 implementation) signs; the gateway's
+    parse, coverage and base must verify it."""
+    import requests
+    from http_message_signatures import (
+        ContentDigest,
+        HTTPMessageSigner,
+        HTTPSignatureKeyResolver,
+        algorithms,
+    )
+
+    secret = b"a-shared-secret"
+
+    class Resolver(HTTPSignatureKeyResolver):
+        def resolve_private_key(self, key_id: str) -> bytes:
+            return secret
+
+    body = b'{"text": "hello"}'
+    url = "https://api.example.com/v1/x?to=fr&text=caf%C3%A9+au+lait&q=%7E"
+    prepared = requests.Request("POST", url, data=body).prepare()
+    ContentDigest.add(prepared.headers, body)
+    HTTPMessageSigner(signature_algorithm=algorithms.HMAC_SHA256, key_resolver=Resolver()).sign(
+        prepared, key_id="gwh_k", created=None, nonce="n-1", label="sig1",
+        covered_component_ids=('@method', '@authority', '@path', '"@query-param";name="to"',
+                               '"@query-param";name="text"', '"@query-param";name="q"',
+                               '"content-digest";key="sha-256"'),
+        use_existing_digest=True)
+    headers = multi(*prepared.headers.items())
+    parsed = parse(headers["Signature-Input"], headers["Signature"])
+    query = url.partition("?")[2]
+    check_coverage(parsed, has_query=True, has_body=True, query=query)
+    request = facts(method="POST", authority="api.example.com", path="/v1/x", query=query,
+                    headers=headers)
+    assert sig.signature_matches(parsed, request, [secret])
+    with pytest.raises(SignatureError):  # `to` twice: no longer one parameter to read
+        sig.signature_matches(parsed, replace(request, query=query + "&to=de"), [secret])
+    other = replace(request, query="to=de&text=caf%C3%A9+au+lait&q=%7E")
+    assert not sig.signature_matches(parsed, other, [secret])
