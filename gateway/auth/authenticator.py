@@ -143,28 +143,36 @@ class Authenticator:
     async def _signed(self, credential: SignatureCredential, request: Exchange,
                       route: RouteConfig) -> Authenticated:
         try:
-            parsed = signatures.parse(credential.signature_input, credential.signature)
-            raw_path, has_query, query = request.raw_path.partition("?")
-            signatures.check_coverage(parsed, has_query=bool(has_query),
-                                      has_body=request.body_exists, query=query)
+            candidates = signatures.parse_candidates(credential.signature_input,
+                                                     credential.signature)
         except signatures.SignatureError as exc:
             raise RequestRefused(exc.code, exc.message) from None
-
-        # Scopes wait: the signature, its time window and the nonce come first (SPEC §3).
-        key, account = (self.cache.key_by_id_now(parsed.keyid)
-                        or await self._loaded(self.cache.key_by_id(parsed.keyid)))
-        decision, now = self._decide(key, account, method="hmac", route=route,
-                                     check_scopes=False)
-
+        raw_path, has_query, query = request.raw_path.partition("?")
         facts = signatures.RequestFacts(
             method=request.method, scheme=request.scheme,
             authority=signatures.authority_of(request.headers.get("Host", ""), request.scheme),
             path=raw_path, query=query if has_query else None, headers=request.headers)
+        if len(candidates) == 1:
+            parsed, decision, now = await self._verified(candidates[0], request, route, facts)
+        else:
+            # Several signatures under gateway keyids (at most signatures.MAX_CANDIDATES): the
+            # first that verifies is taken, so a bad one cannot hide a good one; when none
+            # does, the first one's reason is the answer. A store outage is never a 401.
+            first: RequestRefused | None = None
+            for candidate in candidates:
+                try:
+                    parsed, decision, now = await self._verified(candidate, request, route,
+                                                                 facts)
+                    break
+                except RequestRefused as refused:
+                    if refused.code == "key_store_unavailable":
+                        raise
+                    first = first or refused
+            else:
+                assert first is not None
+                raise first
+
         try:
-            if not signatures.signature_matches(parsed, facts, self._keys_of(decision.key, now)):
-                raise signatures.SignatureError("invalid_signature",
-                                                "the signature does not match")
-            signatures.check_time(parsed, now, self.hmac_config.clock_skew)
             body = await self._read_body(request) if request.body_exists else None
             if body is not None:
                 signatures.check_content_digest(request.headers.get("Content-Digest"), body)
@@ -185,6 +193,33 @@ class Authenticator:
             raise _refuse(allowed)
         self.usage.record(allowed.key.id, now)
         return Authenticated(identity_headers(allowed.key, allowed.account), body)
+
+    async def _verified(self, candidate: signatures.ParsedSignature | signatures.SignatureError,
+                        request: Exchange, route: RouteConfig, facts: signatures.RequestFacts
+                        ) -> tuple[signatures.ParsedSignature, Allow, float]:
+        """One signature checked up to its time window: components, key, HMAC, time."""
+        try:
+            if isinstance(candidate, signatures.SignatureError):
+                raise candidate
+            signatures.check_coverage(candidate, has_query=facts.query is not None,
+                                      has_body=request.body_exists, query=facts.query)
+        except signatures.SignatureError as exc:
+            raise RequestRefused(exc.code, exc.message) from None
+
+        # Scopes wait: the signature, its time window and the nonce come first (SPEC §3).
+        key, account = (self.cache.key_by_id_now(candidate.keyid)
+                        or await self._loaded(self.cache.key_by_id(candidate.keyid)))
+        decision, now = self._decide(key, account, method="hmac", route=route,
+                                     check_scopes=False)
+        try:
+            if not signatures.signature_matches(candidate, facts,
+                                                self._keys_of(decision.key, now)):
+                raise signatures.SignatureError("invalid_signature",
+                                                "the signature does not match")
+            signatures.check_time(candidate, now, self.hmac_config.clock_skew)
+        except signatures.SignatureError as exc:
+            raise RequestRefused(exc.code, exc.message) from None
+        return candidate, decision, now
 
     def _keys_of(self, key: KeyRecord, now: float) -> list[bytes]:
         """The current secret, plus the old one while its grace period lasts."""

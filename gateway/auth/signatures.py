@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote
 
 from http_sfv.dictionary import Dictionary
-from http_sfv.item import InnerList
+from http_sfv.item import InnerList, Item
 from http_sfv.types import DisplayString, Token
 from multidict import CIMultiDictProxy
 
@@ -151,7 +151,12 @@ def _parse_simple(signature_input: str, signature: str) -> _Fields | None:
     return _Fields(label, None, params, params_line, value, names)
 
 
-def _parse_sfv(signature_input: str, signature: str) -> _Fields:
+MAX_CANDIDATES = 4  # signatures under gateway keyids checked per request, at most
+
+
+def _sfv_candidates(signature_input: str, signature: str) -> list[_Fields | SignatureError]:
+    """Every signature whose `keyid` names a gateway HMAC key (`gwh_...`), in order and at most
+    MAX_CANDIDATES, else the first; each read, or the reason it cannot be."""
     inputs = Dictionary()
     values = Dictionary()
     try:
@@ -162,29 +167,63 @@ def _parse_sfv(signature_input: str, signature: str) -> _Fields:
     labels = [label for label in inputs if label in values]
     if not labels:
         raise _invalid("no Signature-Input entry has a matching Signature entry")
-    chosen = next((label for label in labels
-                   if str(inputs[label].params.get("keyid", "")).startswith("gwh_")), labels[0])
-    inner = inputs[chosen]
+    ours = [label for label in labels
+            if str(inputs[label].params.get("keyid", "")).startswith("gwh_")]
+    return [_sfv_fields(label, inputs[label], values[label])
+            for label in ours[:MAX_CANDIDATES] or labels[:1]]
+
+
+def _sfv_fields(label: str, inner: Item | InnerList,
+                sig_item: Item | InnerList) -> _Fields | SignatureError:
     if not isinstance(inner, InnerList):
-        raise _invalid(f"Signature-Input {chosen!r} is not an inner list")
-    sig_item = values[chosen]
+        return _invalid(f"Signature-Input {label!r} is not an inner list")
     if isinstance(sig_item, InnerList) or not isinstance(sig_item.value, bytes):
-        raise _invalid(f"Signature {chosen!r} is not a byte sequence")
+        return _invalid(f"Signature {label!r} is not a byte sequence")
     items: list[tuple[object, Mapping[str, object]]] = [
         (item.value, dict(item.params)) for item in inner]
-    return _Fields(chosen, items, dict(inner.params), str(inner), sig_item.value)
+    return _Fields(label, items, dict(inner.params), str(inner), sig_item.value)
 
 
-def parse(signature_input: str, signature: str) -> ParsedSignature:
-    """Parse the two fields and pick the signature the gateway checks: the first whose `keyid`
-    names a gateway HMAC key (`gwh_...`), else the first."""
+def _parse_sfv(signature_input: str, signature: str) -> _Fields:
+    """The first candidate http-sfv reads (see _sfv_candidates)."""
+    first = _sfv_candidates(signature_input, signature)[0]
+    if isinstance(first, SignatureError):
+        raise first
+    return first
+
+
+def _checked_or_error(fields: _Fields | SignatureError) -> ParsedSignature | SignatureError:
+    if isinstance(fields, SignatureError):
+        return fields
+    try:
+        return _checked(fields)
+    except SignatureError as refused:
+        return refused
+
+
+def parse_candidates(signature_input: str,
+                     signature: str) -> list[ParsedSignature | SignatureError]:
+    """The signatures the gateway checks, each parsed or with the reason it cannot be: every
+    one under a gateway HMAC keyid (`gwh_...`), at most MAX_CANDIDATES, else the first. A
+    request passes when one of them verifies, so a bad signature cannot hide a good one.
+    Raises SignatureError when the fields as a whole are unreadable."""
     if len(signature_input) > MAX_FIELD or len(signature) > MAX_FIELD:
         raise _invalid("signature fields are too long")
     if not signature_input or not signature:
         raise _invalid("both Signature-Input and Signature are required")
-    fields = _parse_simple(signature_input, signature) or \
-        _parse_sfv(signature_input, signature)
-    return _checked(fields)
+    fast = _parse_simple(signature_input, signature)
+    if fast is not None:
+        return [_checked_or_error(fast)]
+    return [_checked_or_error(f) for f in _sfv_candidates(signature_input, signature)]
+
+
+def parse(signature_input: str, signature: str) -> ParsedSignature:
+    """The first of `parse_candidates`: the first signature whose `keyid` names a gateway HMAC
+    key (`gwh_...`), else the first."""
+    first = parse_candidates(signature_input, signature)[0]
+    if isinstance(first, SignatureError):
+        raise first
+    return first
 
 
 _SFV_NOT_STRING = (Token, DisplayString)  # http-sfv's str subclasses that are not sf-strings

@@ -350,6 +350,41 @@ async def test_query_params_and_a_digest_member_signed_independently_are_accepte
     assert swapped.json()["error"]["code"] == "invalid_signature"
 
 
+async def test_a_bad_signature_does_not_hide_a_good_one(gateway, signed_key) -> None:  # type: ignore[no-untyped-def]
+    """Issue 17, item 14: a request signed twice by a third-party signer under the key's
+    keyid, first with a wrong secret, then with the right one, passes; twice wrong does not."""
+    from http_message_signatures import HTTPMessageSigner, HTTPSignatureKeyResolver, algorithms
+
+    key, secret, _ = signed_key
+
+    def signer(secret_bytes: bytes) -> HTTPMessageSigner:
+        class Resolver(HTTPSignatureKeyResolver):
+            def resolve_private_key(self, key_id: str) -> bytes:
+                return secret_bytes
+
+        return HTTPMessageSigner(signature_algorithm=algorithms.HMAC_SHA256,
+                                 key_resolver=Resolver())
+
+    def send(*secrets: bytes) -> requests.Response:
+        prepared = requests.Request("GET", gateway.url + "/vision/x?a=1").prepare()
+        for index, each in enumerate(secrets):
+            signer(each).sign(prepared, key_id=key.id, created=datetime.now(),
+                              nonce=base64.urlsafe_b64encode(os.urandom(12)).decode(),
+                              label=f"sig{index + 1}", append_if_signature_exists=True,
+                              covered_component_ids=("@method", "@authority", "@path",
+                                                     "@query"))
+        assert prepared.headers["Signature-Input"].count("sig") == len(secrets)
+        return requests.Session().send(prepared, timeout=10)
+
+    wrong = b"not-the-secret"
+    response = await asyncio.to_thread(send, wrong, secret.encode("ascii"))
+    assert response.status_code == 200, response.text
+    assert response.json()["headers"]["X-Auth-Key-Id"] == key.id
+    refused = await asyncio.to_thread(send, wrong, wrong)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_signature"
+
+
 async def test_a_replay_is_refused_across_two_gateway_processes(tmp_path, redis_clean, upstream,
                                                                 signed_key) -> None:
     key, secret, _ = signed_key

@@ -362,6 +362,22 @@ def field_signed(ctx: Ctx, fields: dict[str, str]) -> bytes:
                              *[f"{name}: {value}".encode() for name, value in fields.items()])
 
 
+def several_signed(ctx: Ctx, bad: int, *, bad_keyid: str | None = None,
+                   good: bool = True) -> bytes:
+    """`bad` signatures that do not verify (under the key's own keyid, or `bad_keyid`), then
+    one correct signature unless `good` is False, each with its own label and nonce."""
+    inputs, values = [], []
+    for i in range(bad):
+        keyid = {"keyid": f'"{bad_keyid}"'} if bad_keyid else {}
+        inputs.append(f"bad{i}=" + COVERED + sf_params(ctx, nonce=f'"{ctx.marker}-{i}"', **keyid))
+        values.append(f"bad{i}=:{b64(bytes(32))}:")
+    if good:
+        params_line = COVERED + sf_params(ctx)
+        inputs.append("good=" + params_line)
+        values.append(f"good=:{own_signature(ctx, params_line)}:")
+    return signature_request(ctx, ", ".join(inputs), ", ".join(values))
+
+
 def junk_signed(ctx: Ctx, signature_input: str | bytes, signature: str = "sig1=:AAAA:") -> bytes:
     return signature_request(ctx, signature_input, signature)
 
@@ -954,6 +970,18 @@ SIGNATURES = [
         method=b"POST", target=b"/keyed/x", body=DIGESTED), 200, check=body_is(DIGESTED)),
     Case("hmac_independent_signer_without_alg_is_fine", lambda c: well_signed(c, alg=None), 200,
          check=identity_of("hmac")),
+    # Issue 17, item 14: with several signatures under gateway keyids, each is checked (at
+    # most 4) and one that verifies is enough; a bad one no longer hides a good one.
+    Case("hmac_bad_signature_before_a_good_one_is_fine", lambda c: several_signed(c, 1), 200,
+         check=identity_of("hmac")),
+    Case("hmac_unknown_gateway_key_before_a_good_one_is_fine", lambda c: several_signed(
+        c, 1, bad_keyid="gwh_" + "x" * 24), 200, check=identity_of("hmac")),
+    Case("hmac_three_bad_signatures_before_a_good_one_are_fine", lambda c: several_signed(
+        c, 3), 200, check=identity_of("hmac")),
+    Case("hmac_a_good_signature_fifth_is_not_reached", lambda c: several_signed(c, 4), 401,
+         "invalid_signature"),
+    Case("hmac_only_bad_signatures", lambda c: several_signed(c, 2, good=False), 401,
+         "invalid_signature"),
     # Issue 17, item 12: RFC 9110 §5.5 allows a tab inside a field value.
     Case("hmac_covered_value_with_a_tab_is_fine", lambda c: field_signed(
         c, {"x-tab": "a\tb\t\tc"}), 200, check=all_of(identity_of("hmac"),

@@ -857,3 +857,36 @@ def test_a_third_party_signature_over_query_params_and_a_digest_member_verifies(
         sig.signature_matches(parsed, replace(request, query=query + "&to=de"), [secret])
     other = replace(request, query="to=de&text=caf%C3%A9+au+lait&q=%7E")
     assert not sig.signature_matches(parsed, other, [secret])
+
+
+# Issue 17, item 14: which signatures are checked when there are several
+
+
+def _member(label: str, keyid: str) -> tuple[str, str]:
+    return (f'{label}=("@method" "@authority" "@path");created=1;nonce="n-{label}"'
+            f';keyid="{keyid}"', f"{label}=:dGVzdA==:")
+
+
+def _fields(*members: tuple[str, str]) -> tuple[str, str]:
+    return ", ".join(m[0] for m in members), ", ".join(m[1] for m in members)
+
+
+def test_every_gateway_keyid_is_a_candidate_in_order_at_most_four() -> None:
+    members = [_member("other", "rsa-key"), *[_member(f"s{i}", f"gwh_{i}") for i in range(6)]]
+    found = sig.parse_candidates(*_fields(*members))
+    assert [c.label for c in found if isinstance(c, ParsedSignature)] == ["s0", "s1", "s2", "s3"]
+    assert sig.MAX_CANDIDATES == 4
+
+
+def test_without_a_gateway_keyid_the_first_signature_is_the_one() -> None:
+    found = sig.parse_candidates(*_fields(_member("a", "k1"), _member("b", "k2")))
+    assert [c.keyid for c in found if isinstance(c, ParsedSignature)] == ["k1"]
+
+
+def test_a_malformed_candidate_is_kept_as_its_reason_beside_good_ones() -> None:
+    bad = ('s0=("@method");created="x";nonce="n";keyid="gwh_0"', "s0=:dGVzdA==:")
+    found = sig.parse_candidates(*_fields(bad, _member("s1", "gwh_1")))
+    assert isinstance(found[0], SignatureError) and found[0].code == "invalid_signature"
+    assert isinstance(found[1], ParsedSignature) and found[1].label == "s1"
+    with pytest.raises(SignatureError):
+        parse(*_fields(bad, _member("s1", "gwh_1")))  # parse() is the first candidate's
