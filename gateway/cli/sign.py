@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from gateway.client import sign_request
+from gateway.client import canonical_url, sign_request
 
 
 def _body(data: str | None) -> bytes | None:
@@ -49,8 +49,9 @@ def sign(key_id: str, secret: str, method: str, url: str, data: str | None,
          header_values: tuple[str, ...], as_curl: bool) -> None:
     """Sign METHOD URL with an HMAC key (RFC 9421, hmac-sha256) and print the headers to send.
 
-    The signature is valid for a single use within the gateway's clock window (a fresh nonce
-    each time). Example:
+    The URL signed is the URL as `requests` sends it (`%7E` as `~`, no `..`, spaces encoded):
+    send exactly that one; the curl command does. The signature is valid for a single use
+    within the gateway's clock window (a fresh nonce each time). Example:
 
     \b
         gateway sign --key-id gwh_... --secret ... --data @body.json --curl \\
@@ -67,7 +68,8 @@ def sign(key_id: str, secret: str, method: str, url: str, data: str | None,
         for name, value in added.items():
             click.echo(f"{name}: {value}")
         return
-    parts = ["curl", "-sS", "-X", method.upper(), url]
+    # The URL as signed: curl sends it as it is.
+    parts = ["curl", "-sS", "-X", method.upper(), canonical_url(url)]
     for name, value in {**headers, **added}.items():
         parts += ["-H", f"{name}: {value}"]
     if data is not None:

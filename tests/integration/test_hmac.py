@@ -108,6 +108,33 @@ async def test_the_aiohttp_client_middleware_signs_requests(gateway, signed_key)
             assert response.status == 200, await response.text()
 
 
+# URLs `requests` (and aiohttp) rewrite before sending: unreserved escapes decoded, dot
+# segments removed, spaces and non-ASCII encoded, lower-case escapes upper-cased.
+REWRITTEN_PATHS = ["/vision/%7Euser/x", "/vision/%7euser?q=%7E&r=a b", "/vision/a/../b c/./d",
+                   "/vision/caf\u00e9/%41%2c?x=%3a", "/vision/x?"]
+
+
+async def test_sign_request_signs_the_url_requests_sends(gateway, signed_key) -> None:
+    """Issue 17, item 15: sign_request + a real `requests` call, through a real gateway. The
+    signer used to sign the URL as given, while `requests` sent `/~user` for `/%7Euser`."""
+    key, secret, _ = signed_key
+    for path in REWRITTEN_PATHS:
+        url = gateway.url + path
+        for method, body in (("GET", None), ("POST", b'{"a": 1}')):
+            headers = signed(method, url, key, secret, body=body)
+            response = await asyncio.to_thread(requests.request, method, url, headers=headers,
+                                               data=body, timeout=10)
+            assert response.status_code == 200, (path, method, response.text)
+
+
+async def test_the_aiohttp_middleware_signs_the_url_aiohttp_sends(gateway, signed_key) -> None:
+    key, secret, _ = signed_key
+    async with aiohttp.ClientSession(middlewares=(signing_middleware(key.id, secret),)) as http:
+        for path in REWRITTEN_PATHS:
+            async with http.get(gateway.url + path) as response:
+                assert response.status == 200, (path, await response.text())
+
+
 def _tamper(headers: dict[str, str], **changes: str) -> dict[str, str]:
     return {**headers, **changes}
 

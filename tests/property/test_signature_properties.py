@@ -13,6 +13,7 @@ import base64
 import hashlib
 import string
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 import pytest
 from http_sfv.dictionary import Dictionary
@@ -38,7 +39,7 @@ from gateway.auth.signatures import (
     signature_base,
     signature_matches,
 )
-from gateway.client import sign_request
+from gateway.client import canonical_url, sign_request
 from tests.property.strategies import PCHAR, PROPERTY, queries, raw_paths
 
 KEY_ID = "gwh_3fT9kQ2mZx"
@@ -94,6 +95,9 @@ def signed_requests(draw: st.DrawFn) -> tuple[ParsedSignature, RequestFacts]:
     if body is not None:
         sent["Content-Digest"] = added["Content-Digest"]
     parsed = parse(added["Signature-Input"], added["Signature"])
+    # What the client sends, and so signs, is the URL as `requests` sends it (issue 17, 15).
+    as_sent = urlsplit(canonical_url(url))
+    path, query = as_sent.path, as_sent.query if "?" in as_sent.geturl() else None
     check_coverage(parsed, has_query=query is not None, has_body=body is not None)
     return parsed, facts_seen(scheme, netloc, method, path, query, sent)
 

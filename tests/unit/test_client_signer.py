@@ -10,8 +10,10 @@ import hmac
 import string
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -25,7 +27,7 @@ from gateway.auth.signatures import (
     parse,
     signature_matches,
 )
-from gateway.client import sign_request
+from gateway.client import canonical_url, sign_request
 from gateway.keys.secrets import MasterKeyError, SecretBox
 
 KEY_ID = "gwh_3fT9kQ2mZx"
@@ -73,9 +75,14 @@ EXACT_CASES: list[tuple[str, str, str, bytes | None, list[tuple[str, str]]]] = [
     ("get-query", "GET", "https://api.example.com/vision/v1?x=1&y=%20z",
      None, [("@method", "GET"), ("@authority", "api.example.com"), ("@path", "/vision/v1"),
             ("@query", "?x=1&y=%20z")]),
+    # requests drops an empty query (issue 17, item 15: the URL as sent is signed).
     ("empty-query", "GET", "https://api.example.com/p?",
-     None, [("@method", "GET"), ("@authority", "api.example.com"), ("@path", "/p"),
-            ("@query", "?")]),
+     None, [("@method", "GET"), ("@authority", "api.example.com"), ("@path", "/p")]),
+    ("unreserved-escapes-decoded", "GET", "https://api.example.com/%7Euser/%41?q=%7e%2f",
+     None, [("@method", "GET"), ("@authority", "api.example.com"), ("@path", "/~user/A"),
+            ("@query", "?q=~%2F")]),
+    ("dot-segments-and-space", "GET", "https://api.example.com/a/../b c/./d",
+     None, [("@method", "GET"), ("@authority", "api.example.com"), ("@path", "/b%20c/d")]),
     ("empty-path", "GET", "https://api.example.com",
      None, [("@method", "GET"), ("@authority", "api.example.com"), ("@path", "/")]),
     ("fragment-dropped", "GET", "https://api.example.com/p?q=1#frag",
@@ -343,6 +350,9 @@ def test_property_sign_then_verify(method: str, host: tuple[str, str, str], path
     url = f"{scheme}://{netloc}{path}" + ("" if query is None else "?" + query)
     headers = sign_request(method, url, key_id=KEY_ID, secret=SECRET, body=body)
     parsed = parse(headers["Signature-Input"], headers["Signature"])
+    # Verified over the path and query `requests` sends for this URL (issue 17, item 15).
+    sent = urlsplit(requests.Request("GET", url).prepare().url)
+    path, query = sent.path, (sent.query if "?" in sent.geturl() else None)
     check_coverage(parsed, has_query=query is not None, has_body=body is not None)
     request = facts_for(headers, method, authority, path, query, body, scheme=scheme)
     if body is not None:
@@ -407,3 +417,43 @@ def test_secretbox_tampered_ciphertext_refused(position: int) -> None:
     with pytest.raises(MasterKeyError):
         box.open("gwh_a", base64.b64encode(bytes(raw)).decode())
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 17, item 15: the signer signs the URL as `requests` sends it
+# ---------------------------------------------------------------------------------------------
+
+CANONICAL_CASES = [
+    "http://h/a/%7Euser/%41b%2fc d?x=%7E&y=a b",
+    "http://h/a/%7Euser?z=%zz",  # a stray '%': requests makes every '%' of the query literal
+    "http://h", "http://H:80/p?", "http://h/caf\u00e9?q=\u00e9", "http://h/a%2Fb%3a",
+    "http://h/a/../b/./c/..", "http://h/a/%2E%2E/b", "http://h/a/b/..", "http://h/x?a=%7e%20b+c",
+    "https://B\u00fccher.example:8443/%7e?q", "http://u:p@h/x", "http://h/a%zz/%41",
+    'http://h/[x]{y}|\\^`"<>', "http://[::1]:8080/a?b", "HTTP://h/A?B",
+]
+
+
+def _requests_sends(url: str) -> str:
+    return requests.Request("GET", url).prepare().url
+
+
+@pytest.mark.parametrize("url", CANONICAL_CASES)
+def test_canonical_url_is_what_requests_sends(url: str) -> None:
+    assert canonical_url(url) == _requests_sends(url)
+    if "%2e" not in url.lower():  # requests itself turns /%2E%2E/ into /../, then removes it
+        assert canonical_url(canonical_url(url)) == canonical_url(url)  # a fixed point
+
+
+URL_CHARS = PCHAR + "/?%. \"<>[]{}|^`\u00e9\u2603"
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.lists(st.one_of(st.sampled_from(URL_CHARS), PCT,
+                               st.sampled_from(["..", ".", "/../", "/./", "%2e%2E"])),
+                     max_size=12).map("".join),
+       query=st.none() | st.lists(st.one_of(st.sampled_from(URL_CHARS), PCT),
+                                  max_size=12).map("".join))
+def test_property_canonical_url_is_what_requests_sends(path: str, query: str | None) -> None:
+    url = "http://api.example.com/" + path.lstrip("/") + ("" if query is None else "?" + query)
+    assert canonical_url(url) == _requests_sends(url)
