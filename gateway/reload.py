@@ -34,6 +34,11 @@ class ConfigReloader:
         self.apply = apply
         self.env = dict(env)
         self._lock = asyncio.Lock()
+        # Both series exist from the start, at 0 (SPEC §9): a rate or an alert on errors
+        # must not wait for the first reload. In multiprocess mode this writes them to this
+        # process's file, so /metrics shows them with --workers N too.
+        for result in ("ok", "error"):
+            CONFIG_RELOADS.labels(result)
 
     async def reload(self) -> ReloadResult:
         async with self._lock:  # one reload at a time; a second waits and re-reads the file

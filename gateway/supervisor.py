@@ -268,6 +268,17 @@ class Supervisor:
         log.info("stopped")
 
 
+def _write_metrics_to_the_directory() -> None:
+    """`gateway.cli` imports prometheus-client before the metrics directory is known, so this
+    process started with in-memory values, which the aggregated /metrics never shows. Series
+    made from now on (the labelled ones: config reloads, store warnings) go to this process's
+    file in PROMETHEUS_MULTIPROC_DIR instead, as the workers' do."""
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
 def run_supervised(config: Config, workers: int, *, env: Mapping[str, str], demo: bool,
                    log_level: str) -> None:
+    _write_metrics_to_the_directory()
     uvloop.run(Supervisor(config, workers, env, demo, log_level).run())

@@ -230,6 +230,30 @@ def per_worker_requests(metrics_dir: Path, pids: set[int], scratch: Path) -> dic
     return counts
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_config_reloads_are_exported_at_zero_from_the_start(
+        redis_clean: RedisServer, serve_app: Any, launch: Any, workers: int) -> None:
+    """Issue 17, item 17: SPEC §9 lists gateway_config_reloads_total; with --workers 2 it
+    was absent until the first reload. Both results are there at 0 before any reload."""
+    echo = await serve_app(echo_app("echo"))
+    gateway = await launch(redis_clean.url, [route("open", str(echo.make_url("")),
+                                                   public=True)], workers=workers)
+    async with aiohttp.ClientSession() as session:
+        samples = await scrape(session, gateway.admin_url)
+    reloads = "gateway_config_reloads_total"
+    assert (reloads, (("result", "ok"),)) in samples
+    assert (reloads, (("result", "error"),)) in samples
+    assert value(samples, reloads, result="ok") == 0
+    assert value(samples, reloads, result="error") == 0
+    # And a reload counts once, whichever process did it (the supervisor, with workers).
+    status, _ = await gateway.admin_reload()
+    assert status == 200
+    async with aiohttp.ClientSession() as session:
+        samples = await scrape(session, gateway.admin_url)
+    assert value(samples, reloads, result="ok") == 1
+    assert value(samples, reloads, result="error") == 0
+
+
 @pytest.mark.slow
 async def test_two_workers_count_every_request_exactly_once(
         redis_clean: RedisServer, key_service: KeyService, serve_app: Any, launch: Any,
