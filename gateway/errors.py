@@ -92,6 +92,8 @@ class RequestRefused(GatewayError):
         self.message = message
         self.status = STATUS_BY_CODE[code]
         self.headers = headers or {}
+        # For the access log: the key a refusal was about, once it was found (X-Auth-* names).
+        self.identity: Mapping[str, str] | None = None
 
 
 class ClientGone(GatewayError):

@@ -57,6 +57,19 @@ def _refuse(decision: Deny) -> RequestRefused:
     return RequestRefused(decision.code, decision.message)
 
 
+# Refusals about a key the store holds: the access log names it (key, account, method).
+REFUSALS_OF_A_KNOWN_KEY = frozenset({"expired_key", "account_disabled", "api_access_denied",
+                                     "insufficient_scope", "replayed_request"})
+
+
+def _about(refused: RequestRefused, key: KeyRecord, account: Account | None) -> RequestRefused:
+    if refused.code in REFUSALS_OF_A_KNOWN_KEY:
+        refused.identity = {"X-Auth-Account-Id": account.id if account else key.account_id,
+                            "X-Auth-Key-Id": key.id,
+                            "X-Auth-Method": AUTH_METHOD_HEADER_VALUE[key.type]}
+    return refused
+
+
 def _body_refused(gone: ClientGone) -> RequestRefused:
     if isinstance(gone, ClientTooSlow):
         return RequestRefused("request_timeout", str(gone))
@@ -127,7 +140,8 @@ class Authenticator:
         decision = decide(method=method, route=route, key=key, account=account, now=now,
                           presented_hash=presented_hash, check_scopes=check_scopes)
         if isinstance(decision, Deny):
-            raise _refuse(decision)
+            refused = _refuse(decision)
+            raise refused if key is None else _about(refused, key, account)
         return decision, now
 
     async def _api_key(self, credential: ApiKeyCredential,
@@ -186,11 +200,12 @@ class Authenticator:
         except StoreUnavailable:
             raise _store_down() from None
         if not fresh:
-            raise RequestRefused("replayed_request", "this nonce was already used")
+            raise _about(RequestRefused("replayed_request", "this nonce was already used"),
+                         decision.key, decision.account)
 
         allowed = scope_decision(decision, route)
         if isinstance(allowed, Deny):
-            raise _refuse(allowed)
+            raise _about(_refuse(allowed), decision.key, decision.account)
         self.usage.record(allowed.key.id, now)
         return Authenticated(identity_headers(allowed.key, allowed.account), body)
 

@@ -142,6 +142,8 @@ class ProxyHandler:
                     upstream_seconds = time.perf_counter() - upstream_started
             except RequestRefused as refused:
                 outcome = refused.code
+                if identity is None and refused.identity is not None:
+                    identity = dict(refused.identity)  # for the access log only
                 if not exchange.started:
                     exchange.send_error(refused, request_id)
         finally:
@@ -196,6 +198,9 @@ class ProxyHandler:
             "bytes_sent": sent,
             "bytes_received": request.content.received,
             "client": request.remote,
+            "host": request.headers.get("Host"),
+            "user_agent": request.headers.get("User-Agent"),
+            "http_version": request.version,
             "auth_method": identity.get("X-Auth-Method"),
             "key_id": identity.get("X-Auth-Key-Id"),
             "account_id": identity.get("X-Auth-Account-Id"),

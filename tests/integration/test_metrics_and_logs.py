@@ -5,9 +5,13 @@ line per request, with no secret anywhere in the logs or the metrics."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
+import os
 import shutil
 import signal
+import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -21,8 +25,12 @@ from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth import apikey
-from gateway.config import load_config
+from gateway.client import sign_request
+from gateway.config import build_config, load_config
+from gateway.keys.secrets import SecretBox
 from gateway.keys.service import KeyService
+from gateway.keys.store import KeyStore
+from gateway.store.client import connect
 from tests.conftest import api_key, new_key
 from tests.integration.test_process_model import (
     ADMIN_TOKEN,
@@ -307,7 +315,10 @@ async def test_two_workers_count_every_request_exactly_once(
 
 ACCESS_FIELDS = {"time", "request_id", "method", "path", "route", "status", "duration_ms",
                  "upstream_ms", "bytes_sent", "client", "auth_method", "key_id", "account_id",
-                 "outcome"}
+                 "outcome", "host", "user_agent", "http_version"}
+# Refusals about a key the store holds name it (issue 17, item 18).
+KNOWN_KEY_REFUSALS = {"insufficient_scope", "account_disabled", "api_access_denied",
+                      "expired_key", "replayed_request"}
 
 
 def access_lines(log: str) -> list[dict[str, Any]]:
@@ -321,7 +332,7 @@ async def test_access_log_lines_and_no_secret_in_logs_or_metrics(
     echo = await serve_app(echo_app("echo"))
     key, secret, account = await new_key(key_service, ("svc.read",))
     _, other_secret, _ = await new_key(key_service, ("svc.read",))
-    _, unscoped_secret, _ = await new_key(key_service, ())
+    unscoped_key, unscoped_secret, _ = await new_key(key_service, ())
     unknown = apikey.new_secret()
     signature = "sig1=:c2lnbmF0dXJlLXRoYXQtbXVzdC1ub3QtYmUtbG9nZ2Vk:"
     gateway = await launch(redis_clean.url,
@@ -392,7 +403,81 @@ async def test_access_log_lines_and_no_secret_in_logs_or_metrics(
     assert "trace-me-0001" in {line["request_id"] for line in lines}
     for line in lines:
         if line["status"] != 200:
-            assert line["upstream_ms"] is None and line["key_id"] is None, line
+            assert line["upstream_ms"] is None, line
+        if line["outcome"] in KNOWN_KEY_REFUSALS:
+            assert (line["auth_method"], line["key_id"]) == ("api-key", unscoped_key.id), line
+        elif line["status"] != 200:
+            assert line["key_id"] is None and line["account_id"] is None, line
+        assert line["host"] == f"127.0.0.1:{gateway.process.port}"
+        assert line["http_version"] == "1.1"
+        assert line["user_agent"].startswith("Python/")  # aiohttp's own
+
+
+async def test_access_log_names_the_key_of_a_refusal_once_it_was_found(
+        redis_clean: RedisServer, upstream: Any, start_gateway: Any) -> None:
+    """Issue 17, item 18: insufficient_scope, account_disabled, expired_key and
+    replayed_request are about a key the store holds: their lines carry key_id, account_id and
+    auth_method (they were null). Every line has host, user_agent and http_version."""
+    master = os.urandom(32)
+    config = build_config({
+        "listen": {"host": "127.0.0.1", "port": 0}, "admin": {"host": "127.0.0.1", "port": 0},
+        "redis": {"url": redis_clean.url}, "brute_force": {"max_failures": 1_000_000},
+        "routes": [{"name": "secure", "prefix": "/secure/", "scopes": ["svc.read"],
+                    "upstream": f"http://127.0.0.1:{upstream.port}"}],
+    }, "<test>", {"GATEWAY_MASTER_KEY": base64.b64encode(master).decode()})
+    gateway = await start_gateway(config)
+    stream = io.BytesIO()
+    gateway.running.access_log.stream = stream
+    redis = connect(redis_clean.url, 2.0)
+    service = KeyService(KeyStore(redis), secret_box=SecretBox(master))
+    try:
+        unscoped, unscoped_secret, unscoped_account = await new_key(service, ())
+        off_account = await service.create_account("to-disable")
+        disabled, disabled_secret, _ = await new_key(service, ("svc.read",),
+                                                     account=off_account)
+        await service.update_account(off_account.id, enabled=False)
+        expiring, expiring_secret, expiring_account = await new_key(
+            service, ("svc.read",), expires_at=time.time() + 1)
+        signer, signer_secret = await service.create_key(
+            account_id=unscoped_account.id, key_type="hmac", scopes=["svc.read"],
+            expires_at=time.time() + 3600)
+    finally:
+        await redis.aclose()
+    await asyncio.sleep(1.2)  # `expiring` is past its expiry
+
+    url = gateway.url + "/secure/x"
+    signed = sign_request("GET", url, key_id=signer.id, secret=signer_secret)
+    sent = [  # headers, expected status and outcome, the key the line must name
+        ({**api_key(unscoped_secret), "User-Agent": "probe/1.0"}, 403, "insufficient_scope",
+         (unscoped, unscoped_account.id, "api-key")),
+        (api_key(disabled_secret), 403, "account_disabled",
+         (disabled, off_account.id, "api-key")),
+        (api_key(expiring_secret), 401, "expired_key",
+         (expiring, expiring_account.id, "api-key")),
+        (signed, 200, "ok", (signer, unscoped_account.id, "hmac")),
+        (signed, 401, "replayed_request", (signer, unscoped_account.id, "hmac")),
+        (api_key(apikey.new_secret()), 401, "invalid_credentials", None),
+    ]
+    async with aiohttp.ClientSession() as session:
+        for headers, status, _, _ in sent:
+            async with session.get(url, headers=headers) as response:
+                assert response.status == status, await response.text()
+    gateway.running.access_log.flush()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["outcome"] for line in lines] == [outcome for _, _, outcome, _ in sent]
+    for line, (headers, _, _, named) in zip(lines, sent, strict=True):
+        found = (line["key_id"], line["account_id"], line["auth_method"])
+        if named is None:
+            assert found == (None, None, None), line
+        else:
+            key, account_id, method = named
+            assert found == (key.id, account_id, method), line
+        assert set(line) >= ACCESS_FIELDS, line
+        assert line["host"] == f"127.0.0.1:{gateway.running.proxy_port}"
+        assert line["http_version"] == "1.1"
+        assert line["user_agent"] == headers.get("User-Agent", line["user_agent"])
+        assert line["user_agent"]
+    assert lines[0]["user_agent"] == "probe/1.0"
 
 
 async def test_access_log_can_be_turned_off_and_on_again(
