@@ -154,6 +154,8 @@ class KeysConfig:
 class HmacConfig:
     clock_skew: float = 300.0
     max_body_bytes: int = 10 * 2**20
+    # Signed bodies a worker holds at once, all requests together; past it, 503 server_busy.
+    max_buffered_bytes: int = 64 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,13 +538,18 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         last_used_flush=reader.get(raw, "last_used_flush", "keys.last_used_flush",
                                    _positive_duration, _KEYS.last_used_flush),
     )
-    raw = reader.section(data, "hmac", {"clock_skew", "max_body_bytes"})
+    raw = reader.section(data, "hmac", {"clock_skew", "max_body_bytes", "max_buffered_bytes"})
     hmac = HmacConfig(
         clock_skew=reader.get(raw, "clock_skew", "hmac.clock_skew", _positive_duration,
                               _HMAC.clock_skew),
         max_body_bytes=reader.get(raw, "max_body_bytes", "hmac.max_body_bytes", parse_size,
                                   _HMAC.max_body_bytes),
+        max_buffered_bytes=reader.get(raw, "max_buffered_bytes", "hmac.max_buffered_bytes",
+                                      parse_size, _HMAC.max_buffered_bytes),
     )
+    if hmac.max_buffered_bytes < hmac.max_body_bytes:
+        reader.problem("hmac.max_buffered_bytes", "must be at least hmac.max_body_bytes "
+                       f"({hmac.max_body_bytes} bytes), or no signed body that large could pass")
     raw = reader.section(data, "brute_force", {"max_failures", "window", "block_for"})
     brute_force = BruteForceConfig(
         max_failures=reader.get(raw, "max_failures", "brute_force.max_failures", _count,

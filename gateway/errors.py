@@ -43,6 +43,7 @@ STATUS_BY_CODE: Mapping[str, int] = {
     "internal_error": 500,
     "upstream_unavailable": 502,
     "key_store_unavailable": 503,
+    "server_busy": 503,
     "upstream_timeout": 504,
 }
 

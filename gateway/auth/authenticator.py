@@ -2,8 +2,8 @@
 
 The I/O (the cache, which may ask Redis; the nonce check; reading a signed body) is here; the
 rules are in `credentials.py`, `decide.py` and `signatures.py`. Returns the identity headers to
-forward (and, for a signed request with a body, the body it had to read), or raises
-RequestRefused.
+forward (and, for a signed request with a body, the body it had to read, which the caller gives
+back with `release_body` once the request has ended), or raises RequestRefused.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 AUTH_METHOD_HEADER_VALUE = {"api_key": "api-key", "hmac": "hmac"}
 MAX_OPENED_SECRETS = 10_000
+RETRY_AFTER_BUSY = "1"
 
 
 def identity_headers(key: KeyRecord, account: Account) -> dict[str, str]:
@@ -92,6 +93,7 @@ class Authenticator:
         self.secret_box = secret_box
         self.clock = clock
         self._opened: dict[str, bytes] = {}  # sealed secret -> HMAC key bytes
+        self.buffered = 0  # bytes of signed bodies this worker holds (hmac.max_buffered_bytes)
 
     async def authenticate(self, request: Exchange, route: RouteConfig) -> Authenticated:
         headers = request.headers
@@ -186,13 +188,11 @@ class Authenticator:
                 assert first is not None
                 raise first
 
-        try:
-            body = await self._read_body(request) if request.body_exists else None
-            if body is not None:
-                signatures.check_content_digest(request.headers.get("Content-Digest"), body)
-        except signatures.SignatureError as exc:
-            raise RequestRefused(exc.code, exc.message) from None
-
+        # Everything that does not need the body comes before it is read (issue 17, item 2):
+        # a replayed head, a key without the scopes, a declared length over the limit cost
+        # no buffering at all.
+        if request.body_exists:
+            self._check_declared_length(request)
         try:
             fresh = await self.store.use_nonce(
                 decision.key.id, parsed.nonce,
@@ -206,6 +206,15 @@ class Authenticator:
         allowed = scope_decision(decision, route)
         if isinstance(allowed, Deny):
             raise _about(_refuse(allowed), decision.key, decision.account)
+
+        body = None
+        if request.body_exists:
+            body = await self._read_body(request)
+            try:
+                signatures.check_content_digest(request.headers.get("Content-Digest"), body)
+            except signatures.SignatureError as exc:
+                self.release_body(body)
+                raise RequestRefused(exc.code, exc.message) from None
         self.usage.record(allowed.key.id, now)
         return Authenticated(identity_headers(allowed.key, allowed.account), body)
 
@@ -261,24 +270,56 @@ class Authenticator:
             self._opened[sealed] = opened
         return opened
 
-    async def _read_body(self, request: Exchange) -> bytes:
-        """Buffer a signed body to check its digest, never past `hmac.max_body_bytes`."""
+    def _too_large(self) -> RequestRefused:
         limit = self.hmac_config.max_body_bytes
-        too_large = RequestRefused("body_too_large",
-                                   f"a signed request's body may be at most {limit} bytes")
-        if request.content_length is not None and request.content_length > limit:
-            raise too_large
+        return RequestRefused("body_too_large",
+                              f"a signed request's body may be at most {limit} bytes")
+
+    def _check_declared_length(self, request: Exchange) -> None:
+        if request.content_length is not None \
+                and request.content_length > self.hmac_config.max_body_bytes:
+            raise self._too_large()
+
+    def _reserve(self, size: int) -> None:
+        """Count `size` more bytes against this worker's `hmac.max_buffered_bytes`."""
+        if self.buffered + size > self.hmac_config.max_buffered_bytes:
+            raise RequestRefused(
+                "server_busy", "the gateway is holding as many signed request bodies as it "
+                "may; retry shortly", {"Retry-After": RETRY_AFTER_BUSY})
+        self.buffered += size
+
+    def release_body(self, body: bytes) -> None:
+        """A body `authenticate` returned is no longer held (the request has ended)."""
+        self.buffered -= len(body)
+
+    async def _read_body(self, request: Exchange) -> bytes:
+        """Buffer a signed body to check its digest, never past `hmac.max_body_bytes`, nor past
+        `hmac.max_buffered_bytes` for all the bodies this worker holds. A declared length is
+        counted whole before the first byte is read; a chunked body as it arrives. The bytes
+        stay counted until the caller releases the body (release_body)."""
+        limit = self.hmac_config.max_body_bytes
+        length = request.content_length
+        if length is not None:
+            self._reserve(length)
+        reserved = length or 0
         chunks: list[bytes] = []
         size = 0
-        while True:
-            try:
-                chunk = await request.content.readany()
-            except ClientGone as gone:
-                raise _body_refused(gone) from None
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
+        try:
+            while True:
+                try:
+                    chunk = await request.content.readany()
+                except ClientGone as gone:
+                    raise _body_refused(gone) from None
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise self._too_large()
+                if size > reserved:
+                    self._reserve(size - reserved)
+                    reserved = size
+                chunks.append(chunk)
+        except BaseException:
+            self.buffered -= reserved
+            raise
         return b"".join(chunks)

@@ -103,12 +103,12 @@ class ProxyHandler:
         identity: dict[str, str] | None = None
         outcome = "ok"
         upstream_seconds: float | None = None
+        body: bytes | None = None
         try:
             try:
                 match, query = state.routes.resolve(exchange.raw_path)
                 route = match.route
                 route_name = route.name
-                body = None
                 peer = exchange.remote
                 trusted = state.config.listen.trusted_proxies
                 if not route.public:
@@ -147,6 +147,8 @@ class ProxyHandler:
                 if not exchange.started:
                     exchange.send_error(refused, request_id)
         finally:
+            if body is not None:
+                self.authenticator.release_body(body)  # a signed body, held until now
             TALLY.in_flight -= 1
             self._account(exchange, request_id, route_name, outcome, identity,
                           time.perf_counter() - started, upstream_seconds)

@@ -32,6 +32,11 @@ MAX_FIELD = 8190  # bytes in one header line; past it, 431
 MAX_FIELDS = 100
 MAX_HEAD = 2**16  # bytes in the whole request head
 BODY_HIGH_WATER = 2**18  # unread request body bytes before the client's socket is paused
+# Until the handler asks for a body (a signed request's nonce is claimed first, say), reads are
+# this small and reading pauses past this much unread body: a request refused on its head costs
+# the worker a few KiB however large the body its client sends (issue 17, item 2).
+EARLY_READ = 2**14
+READ_SIZE = 2**18  # bytes read at once otherwise
 KEEPALIVE_TIMEOUT = 75.0  # an idle keep-alive connection is closed after this
 HEAD_TIMEOUT = 30.0  # a request head must arrive whole within this (slow-loris bound)
 BODY_TIMEOUT = 60.0  # a request body read waits at most this long for its next bytes
@@ -61,15 +66,19 @@ class Body:
         "_continue",
         "_eof",
         "_error",
+        "_high_water",
         "_size",
         "_waiter",
         "received",
+        "wanted",
     )
 
     def __init__(self, conn: ProxyConnection, expect_continue: bool) -> None:
         self._conn = conn
         self._chunks: deque[bytes] = deque()
         self._size = 0
+        self._high_water = EARLY_READ  # BODY_HIGH_WATER once someone reads the body
+        self.wanted = False  # someone has asked for the body
         self._eof = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -84,7 +93,7 @@ class Body:
         self._chunks.append(data)
         self._size += len(data)
         self.received += len(data)
-        if self._size > BODY_HIGH_WATER:
+        if self._size > self._high_water:
             self._conn.pause_for_body(True)
         self._wake()
 
@@ -105,6 +114,9 @@ class Body:
 
     async def readany(self) -> bytes:
         """The next piece of the body; b"" at its end. Raises ClientGone."""
+        if not self.wanted:
+            self.wanted = True
+            self._high_water = BODY_HIGH_WATER
         while not self._chunks:
             if self._eof:
                 return b""
@@ -268,8 +280,11 @@ _REASONS = {
 }
 
 
-class ProxyConnection(asyncio.Protocol):
-    """One client connection: parses requests, runs them one at a time, in order."""
+class ProxyConnection(asyncio.BufferedProtocol):
+    """One client connection: parses requests, runs them one at a time, in order.
+
+    It reads into its server's buffer (BufferedProtocol): the parser copies out what it keeps,
+    and the size of each read can follow what the connection is doing."""
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -317,7 +332,16 @@ class ProxyConnection(asyncio.Protocol):
             self._task.cancel()  # nobody is left to answer: stop the upstream work too
         self._flow.release(gone)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        receiving = self._receiving
+        if (receiving is not None and receiving.content.wanted) or self._lingering is not None:
+            return self.server.read_view
+        return self.server.early_view  # a head, or a body nobody has asked for yet
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.server.read_view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self._lingering is not None:
             self._lingering -= len(data)
             if self._lingering <= 0:
@@ -616,6 +640,10 @@ class ProxyServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._emptied: asyncio.Event | None = None  # set while draining, once none are left
         self._loop = asyncio.get_running_loop()
+        # Every connection reads into this (reads never interleave on one loop); the parser
+        # copies out the pieces it keeps.
+        self.read_view = memoryview(bytearray(READ_SIZE))
+        self.early_view = self.read_view[:EARLY_READ]
 
     def forget(self, conn: ProxyConnection) -> None:
         self.connections.discard(conn)

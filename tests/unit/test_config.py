@@ -167,6 +167,7 @@ def test_build_config_defaults_from_empty_document() -> None:
         assert config.keys.last_used_flush == 1.0
         assert config.hmac.clock_skew == 300.0
         assert config.hmac.max_body_bytes == 10 * 1024 * 1024
+        assert config.hmac.max_buffered_bytes == 64 * 1024 * 1024
         # Brute-force protection is on unless turned off.
         assert (config.brute_force.max_failures, config.brute_force.window,
                 config.brute_force.block_for) == (30, 60.0, 60.0)
@@ -229,6 +230,8 @@ def test_build_config_spec_example() -> None:
         ({"hmac": {"clock_skew": "5m"}}, lambda c: c.hmac.clock_skew, 300.0),
         ({"hmac": {"max_body_bytes": "1KiB"}}, lambda c: c.hmac.max_body_bytes, 1024),
         ({"hmac": {"max_body_bytes": 100}}, lambda c: c.hmac.max_body_bytes, 100),
+        ({"hmac": {"max_buffered_bytes": "1GiB"}}, lambda c: c.hmac.max_buffered_bytes,
+         2**30),
         ({"data_dir": "/var/lib/gateway"}, lambda c: c.data_dir, Path("/var/lib/gateway")),
         ({"brute_force": {"max_failures": 5}}, lambda c: c.brute_force.max_failures, 5),
         ({"brute_force": {"max_failures": 0}}, lambda c: c.brute_force.enabled, False),
@@ -394,6 +397,7 @@ def _route(**overrides: Any) -> dict[str, Any]:
         ({"listen": {"hots": "x"}}, "listen.hots", "unknown"),
         ({"keys": {"cache": "1s"}}, "keys.cache", "unknown"),
         ({"hmac": {"skew": "1s"}}, "hmac.skew", "unknown"),
+        ({"hmac": {"max_buffered_bytes": "1MiB"}}, "hmac.max_buffered_bytes", "max_body_bytes"),
         ({"routes": [_route(upstreams="http://x")]}, "routes[0].upstreams", "unknown"),
         # Sections of the wrong shape.
         ({"listen": [1]}, "listen", "mapping"),
