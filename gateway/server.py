@@ -61,9 +61,10 @@ def _bound_port(runner: web.BaseRunner) -> int:
 
 @asynccontextmanager
 async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | None = None,
-                admin: bool = True, reuse_port: bool = False) -> AsyncIterator[RunningGateway]:
+                admin: bool = True, reuse_port: bool = False,
+                workers: int = 1) -> AsyncIterator[RunningGateway]:
     """The gateway in this process: the proxy listener and (unless `admin` is False, as in a
-    supervised worker) the admin listener."""
+    supervised worker) the admin listener. `workers`: how many processes serve the port."""
     # Started in order, stopped in reverse: requests drain first, then last-use data is
     # flushed, then the store goes away.
     async with AsyncExitStack() as stack:
@@ -81,7 +82,7 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
         stack.push_async_callback(watch.stop)
 
         cache = KeyCache(store, config.keys)
-        throttle = FailureThrottle(redis, config.brute_force)
+        throttle = FailureThrottle(redis, config.brute_force, workers=workers)
         throttle.start()
         stack.push_async_callback(throttle.close)
         listener = InvalidationListener(redis, cache, handlers={BLOCKS: throttle.handle_message})

@@ -55,7 +55,7 @@ def prepare_metrics_dir(config: Config) -> Path:
 # -- the worker side -----------------------------------------------------------------------------
 
 def _worker_main(config: Config, conn: multiprocessing.connection.Connection,
-                 log_level: str) -> None:
+                 log_level: str, workers: int = 1) -> None:
     logging.basicConfig(level=log_level.upper(),
                         format=f"%(asctime)s %(levelname)s [worker {os.getpid()}] "
                                "%(name)s: %(message)s")
@@ -63,16 +63,17 @@ def _worker_main(config: Config, conn: multiprocessing.connection.Connection,
     # decides what they mean (stop, reload) and tells the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    uvloop.run(_worker(config, conn))
+    uvloop.run(_worker(config, conn, workers))
 
 
-async def _worker(config: Config, conn: multiprocessing.connection.Connection) -> None:
+async def _worker(config: Config, conn: multiprocessing.connection.Connection,
+                  workers: int = 1) -> None:
     from gateway.server import serve, settle_heap  # in the worker only: imports prometheus
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    async with serve(config, admin=False, reuse_port=True) as running:
+    async with serve(config, admin=False, reuse_port=True, workers=workers) as running:
 
         def on_message() -> None:
             try:
@@ -118,7 +119,7 @@ class Supervisor:
     def _spawn(self, slot: int) -> None:
         parent, child = self._context.Pipe()
         process = self._context.Process(
-            target=_worker_main, args=(self.worker_config, child, self.log_level),
+            target=_worker_main, args=(self.worker_config, child, self.log_level, self.count),
             name=f"gateway-worker-{slot}", daemon=False)
         process.start()
         child.close()

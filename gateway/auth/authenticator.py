@@ -21,6 +21,7 @@ from gateway.auth.credentials import (
     credential_from,
 )
 from gateway.auth.decide import Allow, Deny, decide, method_accepted, scope_decision
+from gateway.auth.throttle import COUNTED_CODES
 from gateway.config import HmacConfig, RouteConfig
 from gateway.errors import ClientGone, ClientTooSlow, RequestRefused, StoreUnavailable
 from gateway.keys.cache import KeyCache
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 AUTH_METHOD_HEADER_VALUE = {"api_key": "api-key", "hmac": "hmac"}
 MAX_OPENED_SECRETS = 10_000
 RETRY_AFTER_BUSY = "1"
+NOT_HELD = "the key is not one this worker holds as valid"
 
 
 def identity_headers(key: KeyRecord, account: Account) -> dict[str, str]:
@@ -95,26 +97,33 @@ class Authenticator:
         self._opened: dict[str, bytes] = {}  # sealed secret -> HMAC key bytes
         self.buffered = 0  # bytes of signed bodies this worker holds (hmac.max_buffered_bytes)
 
-    async def authenticate(self, request: Exchange, route: RouteConfig) -> Authenticated:
+    async def authenticate(self, request: Exchange, route: RouteConfig, *,
+                           cached_only: bool = False) -> Authenticated:
+        """`cached_only` (a client under a brute-force block): a key this worker does not hold
+        in its cache, fresh, is refused as unknown (`NOT_HELD`) without asking the store; the
+        caller answers that, and every other counted failure, with the block's 429 (so they
+        are not counted here as results)."""
         headers = request.headers
         try:
             credential = credential_from(headers)
         except RequestRefused as refused:
             # Named by what the request tried, so a malformed key still counts as an API key.
             method = "api_key" if "Authorization" in headers else "hmac"
-            TALLY.counter(AUTH_RESULTS, method, refused.code).inc()
+            if not cached_only:
+                TALLY.counter(AUTH_RESULTS, method, refused.code).inc()
             raise
         method = credential.method if credential is not None else "none"
         try:
-            result = await self._authenticate(credential, request, route)
+            result = await self._authenticate(credential, request, route, cached_only)
         except RequestRefused as refused:
-            TALLY.counter(AUTH_RESULTS, method, refused.code).inc()
+            if not cached_only or refused.code not in COUNTED_CODES:
+                TALLY.counter(AUTH_RESULTS, method, refused.code).inc()
             raise
         TALLY.counter(AUTH_RESULTS, method, "ok").inc()
         return result
 
     async def _authenticate(self, credential: Credential | None, request: Exchange,
-                            route: RouteConfig) -> Authenticated:
+                            route: RouteConfig, cached_only: bool) -> Authenticated:
         if credential is None:
             raise RequestRefused("missing_credentials",
                                  "this route needs an API key (Authorization: Api-Key <key>) "
@@ -123,14 +132,18 @@ class Authenticator:
         if refused is not None:
             raise _refuse(refused)
         if isinstance(credential, ApiKeyCredential):
-            return await self._api_key(credential, route)
-        return await self._signed(credential, request, route)
+            return await self._api_key(credential, route, cached_only)
+        return await self._signed(credential, request, route, cached_only)
 
-    async def _loaded(self, lookup: Awaitable[tuple[KeyRecord | None, Account | None]]
-                      ) -> tuple[KeyRecord | None, Account | None]:
-        """A lookup the cache could not answer at once; 503 when the store is down."""
+    async def _loaded(self, lookup: Callable[[], Awaitable[tuple[KeyRecord | None,
+                                                                 Account | None]]],
+                      cached_only: bool) -> tuple[KeyRecord | None, Account | None]:
+        """A lookup the cache could not answer at once; 503 when the store is down. Under a
+        block (`cached_only`) the store is not asked: the key is refused as unknown."""
+        if cached_only:
+            raise RequestRefused("invalid_credentials", NOT_HELD)
         try:
-            return await lookup
+            return await lookup()
         except StoreUnavailable:
             raise _store_down() from None
 
@@ -146,18 +159,19 @@ class Authenticator:
             raise refused if key is None else _about(refused, key, account)
         return decision, now
 
-    async def _api_key(self, credential: ApiKeyCredential,
-                       route: RouteConfig) -> Authenticated:
+    async def _api_key(self, credential: ApiKeyCredential, route: RouteConfig,
+                       cached_only: bool) -> Authenticated:
         secret_hash = apikey.hash_secret(credential.secret)
         key, account = (self.cache.api_key_now(secret_hash)
-                        or await self._loaded(self.cache.api_key(secret_hash)))
+                        or await self._loaded(lambda: self.cache.api_key(secret_hash),
+                                              cached_only))
         allowed, now = self._decide(key, account, method="api_key", route=route,
                                     presented_hash=secret_hash)
         self.usage.record(allowed.key.id, now)
         return Authenticated(identity_headers(allowed.key, allowed.account))
 
     async def _signed(self, credential: SignatureCredential, request: Exchange,
-                      route: RouteConfig) -> Authenticated:
+                      route: RouteConfig, cached_only: bool) -> Authenticated:
         try:
             candidates = signatures.parse_candidates(credential.signature_input,
                                                      credential.signature)
@@ -169,7 +183,8 @@ class Authenticator:
             authority=signatures.authority_of(request.headers.get("Host", ""), request.scheme),
             path=raw_path, query=query if has_query else None, headers=request.headers)
         if len(candidates) == 1:
-            parsed, decision, now = await self._verified(candidates[0], request, route, facts)
+            parsed, decision, now = await self._verified(candidates[0], request, route, facts,
+                                                         cached_only)
         else:
             # Several signatures under gateway keyids (at most signatures.MAX_CANDIDATES): the
             # first that verifies is taken, so a bad one cannot hide a good one; when none
@@ -178,7 +193,7 @@ class Authenticator:
             for candidate in candidates:
                 try:
                     parsed, decision, now = await self._verified(candidate, request, route,
-                                                                 facts)
+                                                                 facts, cached_only)
                     break
                 except RequestRefused as refused:
                     if refused.code == "key_store_unavailable":
@@ -219,8 +234,8 @@ class Authenticator:
         return Authenticated(identity_headers(allowed.key, allowed.account), body)
 
     async def _verified(self, candidate: signatures.ParsedSignature | signatures.SignatureError,
-                        request: Exchange, route: RouteConfig, facts: signatures.RequestFacts
-                        ) -> tuple[signatures.ParsedSignature, Allow, float]:
+                        request: Exchange, route: RouteConfig, facts: signatures.RequestFacts,
+                        cached_only: bool) -> tuple[signatures.ParsedSignature, Allow, float]:
         """One signature checked up to its time window: components, key, HMAC, time."""
         try:
             if isinstance(candidate, signatures.SignatureError):
@@ -232,7 +247,8 @@ class Authenticator:
 
         # Scopes wait: the signature, its time window and the nonce come first (SPEC §3).
         key, account = (self.cache.key_by_id_now(candidate.keyid)
-                        or await self._loaded(self.cache.key_by_id(candidate.keyid)))
+                        or await self._loaded(lambda: self.cache.key_by_id(candidate.keyid),
+                                              cached_only))
         decision, now = self._decide(key, account, method="hmac", route=route,
                                      check_scopes=False)
         try:

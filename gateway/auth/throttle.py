@@ -20,6 +20,27 @@ InvalidationListener follows, so each one refuses the address before its next st
 Meanwhile a worker does not wait for a flush to block: its own estimate (the last shared total
 it saw plus its failures since) blocks at once.
 
+A burst spread over the workers (issue 17, item 3): with N workers (N > 1), a worker admits an
+address's failures under a lease taken from the shared count. Redis keeps, beside each address's
+failures, the failures leased out and not yet used; a worker asks for a lease (at a flush) once it
+has none, and gets ceil(available / N) where available = max_failures - failures - leased. When its
+lease is used up (or at an address's first failure on it, admitted with no lease), the worker holds
+the address (its requests wait for the answer, at most HOLD_FOR) and wakes the flush at once rather
+than at the next FLUSH_INTERVAL; the answer brings a lease, or the block. Failures used under a
+lease are sent as usual and leave the leased count; a lease unused by an address that stayed quiet
+for a flush interval is given back, so the budget follows the attacker from worker to worker; and
+when what is left is all leased out, the script announces it (a `reclaim` message on the same
+channel) and the workers holding leases of the address give them back at once, while the asking
+worker asks again every REPOLL. So a burst admits about max_failures failures (measured: 30 of 30
+with two workers), not max_failures per worker: beyond it, at most one failure per worker (the one
+that first meets the address on it, admitted with no lease). Instances sharing the store lease from
+the same count (an instance of one worker takes no leases: it counts on its own and shares its
+count every flush, as before). An address costs the store a few early flushes per window (a lease
+is a share of the rest), never one call per failure. With one worker there are no leases: its own
+count is exact, and nothing is held. Requests already past the check when the hold begins (waiting
+on a store lookup) are not stopped by it. While the store cannot be reached, nothing is held:
+blocking goes on on local counts alone, as below.
+
 A worker that missed an announcement (its subscription was down) learns the block at its next
 flush for that address while the window lasts: the script finds the total over the limit and
 answers the block's end. (In a later window it counts afresh, as every worker does.)
@@ -27,8 +48,9 @@ answers the block's end. (In a later window it counts afresh, as every worker do
 Redis (every key the script touches is declared in its KEYS; one call spans many addresses,
 so on a Redis Cluster a flush would need one call per hash slot):
 
-    gw:bf:count:{n}:{address}   failures in window n (kept a window and a second)
-    gw:bf:block:{address}       the block's end, epoch milliseconds (SET PX block_for)
+    gw:bf:{address}:count:{n}   failures in window n (kept a window and a second)
+    gw:bf:{address}:leased:{n}  failures of window n leased to workers and not used yet
+    gw:bf:{address}:block       the block's end, epoch milliseconds (SET PX block_for)
     gw:blocks                   pub/sub: {"client": address, "until_ms": epoch milliseconds}
 
 A store that cannot be reached never fails a request: the flush keeps its counts for the next
@@ -43,6 +65,7 @@ is injectable for tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import math
@@ -69,25 +92,46 @@ COUNTED_CODES = frozenset({"invalid_credentials", "expired_key", "invalid_signat
 
 BLOCKS = "gw:blocks"
 FLUSH_INTERVAL = 0.25
+REPOLL = 0.01  # how soon a held address asks again for a lease that was all leased out
+HOLD_FOR = 2.0  # longest an address waits on an early flush (bounded by the store's timeout)
 FLUSH_CHUNK = 500  # addresses per script call
 MAX_TRACKED = 100_000
 UNKNOWN_CLIENT = "unknown"
 _MAX_RAW_ADDRESS = 64  # an unparsable X-Forwarded-For entry is kept as text, this long at most
 IPV6_GROUP = 64  # IPv6 clients are counted per /64: one host usually holds a whole /64
 
-# KEYS: per address, its counter then its block key. ARGV: now (epoch ms), counter TTL (ms),
-# block_for (ms), max_failures, channel, then per address: its new failures and the address.
-# Answers per address: the shared total, and the end of its block (epoch ms; 0 if none).
+# KEYS: per address, its counter, its block key, its leased count. ARGV: now (epoch ms), counter
+# TTL (ms), block_for (ms), max_failures, channel, workers, then per address: its new failures,
+# how many of them were used from a lease, the lease given back, 1 to ask for a lease (else 0),
+# and the address. Answers per address: the shared total, the end of its block (epoch ms; 0 if
+# none), and the lease granted.
 _FLUSH = """
 local now, ttl, block = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local limit, channel = tonumber(ARGV[4]), ARGV[5]
+local limit, channel, workers = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local out = {}
-for i = 1, #KEYS / 2 do
-  local counter, blocked = KEYS[2 * i - 1], KEYS[2 * i]
-  local n = tonumber(ARGV[4 + 2 * i])
+for i = 1, #KEYS / 3 do
+  local counter, blocked, leases = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local at = 6 + 5 * (i - 1)
+  local n, used, back = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
   local total = redis.call('INCRBY', counter, n)
   if total == n then
     redis.call('PEXPIRE', counter, ttl)
+  end
+  local leased = tonumber(redis.call('GET', leases) or '0')
+  if used + back > 0 then
+    leased = math.max(0, leased - used - back)
+  end
+  local grant = 0
+  if ARGV[at + 4] == '1' and total < limit then
+    grant = math.max(0, math.ceil((limit - total - leased) / workers))
+    leased = leased + grant
+    if grant == 0 then
+      -- All that is left is leased out: the workers holding it give it back now.
+      redis.call('PUBLISH', channel, cjson.encode({client = ARGV[at + 5], reclaim = 1}))
+    end
+  end
+  if used + back + grant > 0 then
+    redis.call('SET', leases, leased, 'PX', ttl)
   end
   local till = 0
   if total >= limit then
@@ -95,11 +139,12 @@ for i = 1, #KEYS / 2 do
     if till <= now then
       till = now + block
       redis.call('SET', blocked, till, 'PX', block)
-      redis.call('PUBLISH', channel, cjson.encode({client = ARGV[5 + 2 * i], until_ms = till}))
+      redis.call('PUBLISH', channel, cjson.encode({client = ARGV[at + 5], until_ms = till}))
     end
   end
-  out[2 * i - 1] = total
-  out[2 * i] = till
+  out[3 * i - 2] = total
+  out[3 * i - 1] = till
+  out[3 * i] = grant
 end
 return out
 """
@@ -113,6 +158,11 @@ def count_key(window: int, client: str) -> str:
 
 def block_key(client: str) -> str:
     return f"gw:bf:{{{client}}}:block"
+
+
+def lease_key(window: int, client: str) -> str:
+    """An address's failures leased to workers in one window, not used yet."""
+    return f"gw:bf:{{{client}}}:leased:{window}"
 
 
 # -- who is the client ----------------------------------------------------------------------------
@@ -180,7 +230,8 @@ def retry_after_header(seconds: float) -> str:
 
 
 def refusal(seconds: float) -> RequestRefused:
-    """The 429 for a blocked client, with its Retry-After."""
+    """The 429 for a blocked client, with its Retry-After (counted in the metric)."""
+    AUTH_THROTTLED.inc()
     return RequestRefused("too_many_requests",
                           "too many failed authentications from this address; retry later",
                           {"Retry-After": retry_after_header(seconds)})
@@ -190,27 +241,40 @@ def refusal(seconds: float) -> RequestRefused:
 
 
 class _Count:
-    __slots__ = ("known", "last", "pending", "window")
+    __slots__ = ("known", "last", "lease", "pending", "used", "window")
 
     def __init__(self, window: int, now: float) -> None:
         self.window = window  # the window these counts are for
         self.last = now  # the latest failure (entries are ordered by it)
         self.known = 0  # failures in the window known to be counted in Redis (or kept locally)
         self.pending = 0  # failures not yet sent to Redis
+        self.lease = 0  # failures this worker may still admit under its lease (workers > 1)
+        self.used = 0  # of `pending`, how many were admitted under the lease
+
+
+# What a flush sends of one address: the address, its entry, new failures, failures used from
+# the lease, lease given back, a lease wanted, the window.
+_Sent = tuple[str, _Count, int, int, int, bool, int]
 
 
 class FailureThrottle:
     def __init__(self, redis: Redis, config: BruteForceConfig,
                  clock: Callable[[], float] = time.time, *, interval: float = FLUSH_INTERVAL,
-                 max_tracked: int = MAX_TRACKED) -> None:
+                 max_tracked: int = MAX_TRACKED, workers: int = 1) -> None:
         self.redis = redis
         self.config = config  # replaced on reload
+        self.workers = max(1, workers)  # of this instance, all counting the same addresses
         self.clock = clock
         self.interval = interval
         self.max_tracked = max_tracked
         self._counts: OrderedDict[str, _Count] = OrderedDict()  # least recently failed first
         self._dirty: set[str] = set()  # addresses with pending failures
         self._blocks: OrderedDict[str, float] = OrderedDict()  # address -> until
+        self._held: dict[str, float] = {}  # address -> end of its hold (also in _blocks)
+        self._leased: set[str] = set()  # addresses holding a lease (given back when quiet)
+        self._reclaimed: set[str] = set()  # leases another worker asked back
+        self._wake = asyncio.Event()  # an early flush is wanted
+        self._flushed: asyncio.Future[None] | None = None  # done when the next flush ends
         self._flush_script = redis.register_script(_FLUSH)
         self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
@@ -218,8 +282,26 @@ class FailureThrottle:
 
     # -- the request path (synchronous, memory only) ---------------------------------------------
 
+    def held(self, client: str) -> bool:
+        """`client` is held (not blocked) until an early flush answers: see `settled`."""
+        return client in self._held
+
+    async def settled(self, client: str) -> None:
+        """Wait (at most HOLD_FOR) until `client` is no longer held: the early flush under way
+        brings a lease (or the block). A held request waits a round trip to the store rather
+        than being refused below the limit."""
+        deadline = time.monotonic() + HOLD_FOR
+        while client in self._held:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._flushed is None:
+                self._flushed = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._flushed), left)
+
     def retry_after(self, client: str) -> float | None:
-        """Seconds left if `client` is blocked, else None. Counts the refusal it implies."""
+        """Seconds left if `client` is blocked (or held), else None."""
         if not self._blocks:
             return None
         until = self._blocks.get(client)
@@ -231,7 +313,6 @@ class FailureThrottle:
             return None
         if self.config.max_failures <= 0:  # turned off by a reload
             return None
-        AUTH_THROTTLED.inc()
         return left
 
     def record_failure(self, client: str) -> None:
@@ -251,13 +332,47 @@ class FailureThrottle:
             self._counts.move_to_end(client)
             if entry.window != window:
                 # A new window. Unsent failures of the old one (a flush interval's worth, or
-                # an outage's) no longer count against the address.
+                # an outage's) no longer count against the address, and its lease ends.
                 entry.window, entry.known, entry.pending = window, 0, 0
+                entry.lease = entry.used = 0
         entry.last = now
         entry.pending += 1
         self._dirty.add(client)
         if entry.known + entry.pending >= config.max_failures:
             self._block(client, now + config.block_for, now)
+        elif self.workers > 1:
+            if entry.lease:
+                entry.lease -= 1
+                entry.used += 1
+            if not entry.lease and not self._failing:
+                self._hold(client, now)  # the lease is used up (or there was none): no more
+                #                          failures are admitted here until another comes
+
+    def _hold(self, client: str, now: float) -> None:
+        """Refuse `client` here until an early flush has brought a lease (or the block)."""
+        until = now + HOLD_FOR
+        current = self._blocks.get(client)
+        if current is not None and current > until:
+            return  # blocked: no lease is waited for
+        self._held[client] = until
+        self._block(client, until, now)
+        self._wake.set()
+
+    def _settle(self, client: str, entry: _Count | None, now: float) -> None:
+        """After a flush: a held address is let go once it has a lease again."""
+        held = self._held.get(client)
+        if held is None or (entry is not None and not entry.lease and not self._failing):
+            return  # (a hold left without a lease ends by itself, or at a later flush)
+        del self._held[client]
+        if self._blocks.get(client) == held:
+            del self._blocks[client]
+
+    def _release_holds(self) -> None:
+        """The store did not answer: nothing waits on it; local counts alone decide."""
+        for client, held in self._held.items():
+            if self._blocks.get(client) == held:
+                del self._blocks[client]
+        self._held.clear()
 
     # -- blocks from elsewhere -------------------------------------------------------------------
 
@@ -271,6 +386,10 @@ class FailureThrottle:
         """A message of the BLOCKS channel (give this to InvalidationListener). Never raises."""
         try:
             event = orjson.loads(payload)
+            if isinstance(event, dict) and event.get("reclaim") and \
+                    isinstance(event.get("client"), str):
+                self._reclaim_lease(event["client"])
+                return
             client, until_ms = event["client"], event["until_ms"]
             if not isinstance(client, str) or not client or isinstance(until_ms, bool) or \
                     not isinstance(until_ms, int | float):
@@ -280,12 +399,22 @@ class FailureThrottle:
             return
         self.apply_block(client, until_ms / 1000)
 
+    def _reclaim_lease(self, client: str) -> None:
+        """Another worker found what is left of `client`'s budget leased out: a lease held
+        here goes back at once (used or not, a share is asked for afresh)."""
+        entry = self._counts.get(client)
+        if entry is not None and entry.lease:
+            self._reclaimed.add(client)
+            self._wake.set()
+
     def _block(self, client: str, until: float, now: float) -> None:
         current = self._blocks.get(client)
         if until <= now or (current is not None and current >= until):
             return
         self._blocks[client] = until
         self._blocks.move_to_end(client)
+        if self._held.get(client, until) != until:
+            del self._held[client]  # blocked now: the hold is over
         while len(self._blocks) > self.max_tracked:
             self._blocks.popitem(last=False)
 
@@ -312,31 +441,54 @@ class FailureThrottle:
             if until > now:
                 break
             del self._blocks[client]
+        for client in [c for c, until in self._held.items() if until <= now]:
+            del self._held[client]
 
     async def flush(self) -> None:
         """Send the unsent failures; block what the shared totals say. Raises StoreError (the
         failures are then kept for the next flush). One flush at a time."""
         async with self._flushing:
-            await self._flush()
+            try:
+                await self._flush()
+            finally:
+                done, self._flushed = self._flushed, None
+                if done is not None and not done.done():
+                    done.set_result(None)
 
     async def _flush(self) -> None:
         self.prune()
         config = self.config
-        if not self._dirty:
+        if not (self._dirty or self._leased or self._held):
             return
         if config.max_failures <= 0:
             self._dirty.clear()
+            self._leased.clear()
+            self._release_holds()
             self._counts.clear()
             return
-        batch: list[tuple[str, _Count, int, int]] = []
-        for client in self._dirty:
+        batch: list[_Sent] = []
+        leasing = self.workers > 1
+        reclaimed, self._reclaimed = self._reclaimed, set()
+        for client in self._dirty | self._leased | self._held.keys():
             entry = self._counts.get(client)
-            if entry is not None and entry.pending:
-                batch.append((client, entry, entry.pending, entry.window))
-                entry.known += entry.pending
-                entry.pending = 0
+            if entry is None:
+                continue
+            # An address quiet since the last flush gives its lease back (as does one whose
+            # lease another worker needs); one that failed with none left (held) asks for one.
+            back = entry.lease if leasing and client not in self._held and (
+                not entry.pending or client in reclaimed) else 0
+            want = leasing and not entry.lease and (entry.pending > 0 or client in self._held)
+            if not (entry.pending or back or want):
+                continue
+            batch.append((client, entry, entry.pending, entry.used, back, want, entry.window))
+            entry.known += entry.pending
+            entry.pending = entry.used = 0
+            entry.lease -= back
         self._dirty.clear()
-        chunks = list(slot_chunks(self.redis, list(batch), lambda item: block_key(item[0]),
+        self._leased.clear()
+        if not batch:
+            return
+        chunks = list(slot_chunks(self.redis, batch, lambda item: block_key(item[0]),
                                   FLUSH_CHUNK))
         for index, chunk in enumerate(chunks):
             try:
@@ -345,46 +497,59 @@ class FailureThrottle:
                 # Kept for the next flush (after a cancellation, as at shutdown, a chunk the
                 # store did apply may then count twice: an over-count, never a loss).
                 self._restore(item for rest in chunks[index:] for item in rest)
+                self._release_holds()
                 raise
             self._apply(chunk, answers)
 
-    async def _send(self, chunk: Sequence[tuple[str, _Count, int, int]],
-                    config: BruteForceConfig) -> list[int]:
+    async def _send(self, chunk: Sequence[_Sent], config: BruteForceConfig) -> list[int]:
         keys: list[str] = []
         # A counter outlives its window by a second: instances' clocks differ a little.
         args: list[str | int] = [int(self.clock() * 1000), int(config.window * 1000) + 1000,
                                  max(1, int(config.block_for * 1000)), config.max_failures,
-                                 BLOCKS]
-        for client, _, count, window in chunk:
-            keys += [count_key(window, client), block_key(client)]
-            args += [count, client]
+                                 BLOCKS, self.workers]
+        for client, _, count, used, back, want, window in chunk:
+            keys += [count_key(window, client), block_key(client), lease_key(window, client)]
+            args += [count, used, back, int(want), client]
         with store_errors():
             answers = await self._flush_script(keys=keys, args=args)
         return [int(value) for value in answers]
 
-    def _apply(self, chunk: Iterable[tuple[str, _Count, int, int]],
-               answers: list[int]) -> None:
+    def _apply(self, chunk: Iterable[_Sent], answers: list[int]) -> None:
         now = self.clock()
-        for index, (client, entry, _, window) in enumerate(chunk):
-            total, until_ms = answers[2 * index], answers[2 * index + 1]
-            if self._counts.get(client) is entry and entry.window == window:
+        for index, (client, entry, _, _, _, _, window) in enumerate(chunk):
+            total, until_ms, grant = answers[3 * index: 3 * index + 3]
+            current = self._counts.get(client)
+            if current is entry and entry.window == window:
                 entry.known = total  # every worker's failures in the shared window
+                entry.lease += grant
+                if entry.lease:
+                    self._leased.add(client)
                 if total + entry.pending >= self.config.max_failures and not until_ms:
                     until_ms = int((now + self.config.block_for) * 1000)
             if until_ms:
                 self._block(client, until_ms / 1000, now)
+            self._settle(client, current, now)
 
-    def _restore(self, unsent: Iterable[tuple[str, _Count, int, int]]) -> None:
-        for client, entry, count, window in unsent:
+    def _restore(self, unsent: Iterable[_Sent]) -> None:
+        for client, entry, count, used, back, _, window in unsent:
             # Still the same window of a still-tracked address: keep the count for next time.
             if self._counts.get(client) is entry and entry.window == window:
                 entry.known -= count
                 entry.pending += count
+                entry.used += used
+                entry.lease += back
                 self._dirty.add(client)
+                if entry.lease:
+                    self._leased.add(client)
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            if not self._wake.is_set():
+                # A held address asks again soon: the lease it waits for is being given back.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(),
+                                           REPOLL if self._held else self.interval)
+            self._wake.clear()
             try:
                 await self.flush()
             except StoreError as exc:

@@ -159,12 +159,24 @@ class ProxyHandler:
         if throttle is None:
             authenticated = await self.authenticator.authenticate(exchange, route)
             return authenticated.identity, authenticated.body
-        # Brute force: a client past its failure budget is refused before its credential is
-        # even parsed, so guessing costs the gateway (and the store) nothing.
+        # Brute force: a client past its failure budget gets 429 unless its credential is one
+        # this worker holds as valid in memory (so a blocked address, a NAT or a load
+        # balancer's, does not lock out the clients behind it whose keys are in use); nothing
+        # it sends makes the store be asked for a key, so guessing costs the store nothing.
         client = client_address(peer, exchange.headers.getall("X-Forwarded-For", ()), trusted)
         wait = throttle.retry_after(client)
+        if wait is not None and throttle.held(client):
+            await throttle.settled(client)  # a lease or the block is on its way
+            wait = throttle.retry_after(client)
         if wait is not None:
-            raise refusal(wait)
+            try:
+                authenticated = await self.authenticator.authenticate(exchange, route,
+                                                                      cached_only=True)
+            except RequestRefused as refused:
+                if refused.code in COUNTED_CODES:
+                    raise refusal(wait) from None
+                raise
+            return authenticated.identity, authenticated.body
         try:
             authenticated = await self.authenticator.authenticate(exchange, route)
         except RequestRefused as refused:

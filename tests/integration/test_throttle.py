@@ -58,10 +58,11 @@ async def start_worker() -> AsyncIterator[StartWorker]:
 
         async def start(url: str, config: BruteForceConfig, clock: Callable[[], float], *,
                         flushing: bool = False, listening: bool = True,
-                        interval: float = 0.05) -> Worker:
+                        interval: float = 0.05, workers: int = 1) -> Worker:
             redis = connect(url, 0.5)
             stack.push_async_callback(redis.aclose)
-            throttle = FailureThrottle(redis, config, clock, interval=interval)
+            throttle = FailureThrottle(redis, config, clock, interval=interval,
+                                       workers=workers)
             cache = KeyCache(KeyStore(redis), KeysConfig())
             listener = InvalidationListener(redis, cache,
                                             handlers={BLOCKS: throttle.handle_message})
@@ -252,3 +253,34 @@ async def test_redis_commands_per_failure_stay_far_below_one(
     print(f"\n{failures} failures from {len(clients)} addresses: {commands} Redis commands, "
           f"{per_failure:.5f} per failure")
     assert per_failure < 0.01
+
+
+async def test_two_workers_admit_the_limit_between_them_not_each(
+        redis_clean: RedisServer, start_worker: StartWorker) -> None:
+    """Issue 17, item 3: two workers of one instance lease their shares from the shared count,
+    so failures alternating between them stop at the limit (before: each admitted the whole
+    limit before a flush told it of the other's)."""
+    config = BruteForceConfig(max_failures=30, window=60.0, block_for=60.0)
+    clock = WindowClock(60.0)
+    # The periodic flush is slow here (as at FLUSH_INTERVAL against a fast burst): only the
+    # leases and the early flushes they call for can keep the count.
+    workers = [await start_worker(redis_clean.url, config, clock, flushing=True,
+                                  interval=5.0, workers=2) for _ in range(2)]
+    admitted = 0
+    deadline = time.monotonic() + 2.0
+    turn = 0
+    while time.monotonic() < deadline:
+        throttle = workers[turn % 2].throttle
+        turn += 1
+        if throttle.held(CLIENT):
+            await throttle.settled(CLIENT)  # as the proxy handler does
+        if throttle.retry_after(CLIENT) is None:
+            throttle.record_failure(CLIENT)
+            admitted += 1
+        await asyncio.sleep(0.0005)
+    assert 30 <= admitted <= 31, admitted
+    for worker in workers:
+        assert worker.throttle.retry_after(CLIENT) is not None
+        assert worker.throttle.retry_after(CLIENT) > 50  # the block, not a hold
+    # Another address was never held nor blocked.
+    assert all(w.throttle.retry_after(OTHER) is None for w in workers)

@@ -194,6 +194,8 @@ def test_a_block_lasts_block_for_then_ends(make: Make, clock: Clock) -> None:
 
 
 def test_refusals_are_counted_in_the_metric(make: Make) -> None:
+    """The 429 answers, not the checks: a blocked address may still pass with a key its
+    worker holds as valid (issue 17, item 3)."""
     name = "gateway_auth_throttled_total"
     before = REGISTRY.get_sample_value(name) or 0.0
     throttle = make(max_failures=1)
@@ -201,6 +203,9 @@ def test_refusals_are_counted_in_the_metric(make: Make) -> None:
     throttle.record_failure(CLIENT)
     for _ in range(3):
         assert throttle.retry_after(CLIENT) is not None
+    assert REGISTRY.get_sample_value(name) == before
+    for _ in range(3):
+        refusal(10.0)
     assert REGISTRY.get_sample_value(name) == before + 3
 
 
