@@ -30,6 +30,7 @@ import uvloop
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.datadir import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ def prepare_metrics_dir(config: Config) -> Path:
     imported anywhere in this process tree: it chooses its storage at import time."""
     path = metrics_dir(config)
     shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    private_dir(path.parent)  # the data directory, made private before anything is in it
+    return private_dir(path)
 
 
 # -- the worker side -----------------------------------------------------------------------------

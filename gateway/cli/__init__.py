@@ -9,6 +9,7 @@ import sys
 import click
 
 from gateway.config import Config, load_config
+from gateway.datadir import UMASK
 from gateway.errors import ConfigError, GatewayError
 
 from . import accounts, audit, keys, sign
@@ -49,6 +50,9 @@ def run(config_path: str | None, workers: int | None, demo: bool,
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     workers = workers or os.cpu_count() or 1
+    # What this process and its workers create (metric files in the data directory) is
+    # private, as the data directory is (gateway/datadir.py).
+    os.umask(UMASK)
     try:
         if workers == 1:
             from gateway.server import run as run_server  # deferred: keeps `--help` fast

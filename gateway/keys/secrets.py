@@ -16,6 +16,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.config import Config
+from gateway.datadir import private_dir
 from gateway.errors import GatewayError
 
 MASTER_KEY_FILE = "master.key"
@@ -41,7 +42,7 @@ def load_master_key(config: Config, *, create: bool = False) -> bytes | None:
         return key
     if not create:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     key = AESGCM.generate_key(bit_length=256)
     # O_EXCL: two processes creating it at once must not end up with two different keys.
     try:

@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from gateway.datadir import UMASK, private_dir
 from gateway.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class EmbeddedRedis:
         if len(str(self.socket_path)) > MAX_SOCKET_PATH:
             raise StoreUnavailable(f"data directory path is too long for a unix socket: "
                                    f"{self.socket_path}")
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.data_dir)
         if ping_socket(self.socket_path):
             log.info("embedded redis already running on %s; using it", self.socket_path)
             return self.url
@@ -99,7 +100,7 @@ class EmbeddedRedis:
         # the gateway has flushed its last writes into it.
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                         start_new_session=True)
+                                         start_new_session=True, umask=UMASK)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
