@@ -20,4 +20,7 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
 # give `docker stop` at least that long (compose: stop_grace_period).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["gateway", "run"]
-CMD ["--config", "/app/config/gateway.docker.yaml", "--demo"]
+# No `--demo` here: it writes an all-scopes key and prints its secret to stdout, which in a
+# container is the log stream (SPEC §2: secrets never in logs). Create keys with
+# `docker exec -it <container> gateway keys create ...` or the admin API.
+CMD ["--config", "/app/config/gateway.docker.yaml"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -19,6 +21,8 @@ from gateway.keys.service import KeyService
 from gateway.keys.store import KeyStore
 
 DEMO_SERVICES = {"functions": 9101, "speech": 9102, "vision": 9103, "translate": 9104}
+# The demo key holds every scope of the routes: it must not outlive a try-out (issue 17, item 8).
+DEMO_KEY_LIFETIME = 30 * 86400.0
 SERVICE_KEY = web.AppKey("service", str)
 
 
@@ -70,22 +74,30 @@ async def ensure_demo_key(store: KeyStore, config: Config) -> None:
     """Create the demo account and key on the first start; say where it is on later ones."""
     key_id = await store.demo_key_id()
     existing = await store.get_key(key_id) if key_id is not None else None
-    if existing is not None:
+    expired = existing is not None and existing.expires_at is not None \
+        and existing.expires_at <= time.time()
+    if existing is not None and not expired:
         _say(f"Demo API key {existing.id} was created on the first start; its secret was shown "
              "then and is not stored. For a new one:\n"
              f"  gateway keys create --account {existing.account_id} --scope 'yc.*'")
         return
     service = KeyService(store, default_scopes=config.keys.default_scopes)
-    account = await service.create_account("demo")
+    if existing is not None:  # expired: a new key on the same account
+        account = await service.get_account(existing.account_id)
+    else:
+        account = await service.create_account("demo")
     scopes = sorted({scope for route in config.routes for scope in route.scopes})
+    expires_at = time.time() + DEMO_KEY_LIFETIME
     key, secret = await service.create_key(account_id=account.id, scopes=scopes,
+                                           expires_at=expires_at,
                                            description="created by `gateway run --demo`")
     await store.set_demo_key_id(key.id)
     route = next((r for r in config.routes if r.prefix.startswith("/vision")),
                  config.routes[0] if config.routes else None)
     path = (route.prefix.rstrip("/") if route else "") + "/any/path?x=1"
     _say(f"Created demo account {account.id} and API key {key.id} "
-         f"(scopes: {' '.join(scopes) or 'none'}).\n"
+         f"(scopes: {' '.join(scopes) or 'none'}; expires "
+         f"{datetime.fromtimestamp(expires_at, UTC):%Y-%m-%d %H:%M} UTC).\n"
          "Its secret is shown now and never again:\n\n"
          f"  curl -H 'Authorization: Api-Key {secret}' "
          f"'http://localhost:{config.listen.port}{path}'\n")
