@@ -20,7 +20,7 @@ from gateway.admin.api import (
 )
 from gateway.admin.openapi import openapi_document
 from gateway.config import Config
-from gateway.keys.secrets import SecretBox
+from gateway.keys.secrets import SecretBox, master_key_problem
 from gateway.keys.store import KeyStore
 from gateway.observability.metrics import render
 from gateway.reload import ConfigReloader
@@ -48,12 +48,22 @@ async def readyz(request: web.Request) -> web.Response:
                                   **store}, status=503)
     readiness = request.app[READINESS_KEY]
     not_ready = readiness() if readiness is not None else None
+    if not_ready is None:
+        # The master key opens the stored HMAC secrets (issue 17, item 9).
+        not_ready = await master_key_problem(request.app[SECRET_BOX_KEY], request.app[STORE_KEY])
     if not_ready is not None:
         return web.json_response({"status": "unavailable", "reason": not_ready, **store},
                                  status=503)
     return web.json_response({"status": "ready", "config": config.source,
                               "config_hash": config.digest, "routes": len(config.routes),
                               **store})
+
+
+async def _check_master_key(app: web.Application) -> None:
+    """Said once at start, in the log (and by every /readyz while it lasts)."""
+    problem = await master_key_problem(app[SECRET_BOX_KEY], app[STORE_KEY])
+    if problem is not None:
+        log.error("signed requests cannot be checked: %s", problem)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -142,6 +152,7 @@ def create_admin_app(store: KeyStore, config: Callable[[], Config],
     app.router.add_get("/ui", ui_redirect)
     app.router.add_get("/ui/", ui_file)
     app.router.add_get("/ui/{name}", ui_file)
+    app.on_startup.append(_check_master_key)
     if not config().admin.all_tokens():
         log.warning("no admin token configured (GATEWAY_ADMIN_TOKEN or admin.tokens): "
                     "the admin API is off")

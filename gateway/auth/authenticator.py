@@ -8,6 +8,7 @@ back with `release_body` once the request has ended), or raises RequestRefused.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from gateway.observability.tally import TALLY
 if TYPE_CHECKING:
     from gateway.proxy.listener import Exchange
 
+log = logging.getLogger(__name__)
 AUTH_METHOD_HEADER_VALUE = {"api_key": "api-key", "hmac": "hmac"}
 MAX_OPENED_SECRETS = 10_000
 RETRY_AFTER_BUSY = "1"
@@ -96,6 +98,7 @@ class Authenticator:
         self.clock = clock
         self._opened: dict[str, bytes] = {}  # sealed secret -> HMAC key bytes
         self.buffered = 0  # bytes of signed bodies this worker holds (hmac.max_buffered_bytes)
+        self._said_master_key = False
 
     async def authenticate(self, request: Exchange, route: RouteConfig, *,
                            cached_only: bool = False) -> Authenticated:
@@ -274,11 +277,14 @@ class Authenticator:
         opened = self._opened.get(sealed)
         if opened is None:
             if self.secret_box is None:
+                self._say_once("signed requests cannot be checked: no master key is configured "
+                               "(GATEWAY_MASTER_KEY)")
                 raise RequestRefused("key_store_unavailable",
                                      "signed requests cannot be checked: no master key")
             try:
                 opened = self.secret_box.open(key_id, sealed).encode("ascii")
-            except MasterKeyError:
+            except MasterKeyError as exc:
+                self._say_once(f"signed requests cannot be checked: {exc}")
                 raise RequestRefused("key_store_unavailable",
                                      "the key's secret cannot be decrypted") from None
             if len(self._opened) >= MAX_OPENED_SECRETS:
@@ -307,6 +313,12 @@ class Authenticator:
     def release_body(self, body: bytes) -> None:
         """A body `authenticate` returned is no longer held (the request has ended)."""
         self.buffered -= len(body)
+
+    def _say_once(self, message: str) -> None:
+        """A master-key problem is logged once per process, not per request."""
+        if not self._said_master_key:
+            self._said_master_key = True
+            log.error("%s", message)
 
     async def _read_body(self, request: Exchange) -> bytes:
         """Buffer a signed body to check its digest, never past `hmac.max_body_bytes`, nor past

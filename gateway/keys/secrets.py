@@ -11,16 +11,21 @@ from __future__ import annotations
 import base64
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.config import Config
 from gateway.datadir import private_dir
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, StoreError
+
+if TYPE_CHECKING:
+    from gateway.keys.store import KeyStore
 
 MASTER_KEY_FILE = "master.key"
 NONCE_BYTES = 12
+CANARIES = 3  # stored HMAC secrets the master key is tried on
 
 
 class MasterKeyError(GatewayError):
@@ -72,3 +77,29 @@ class SecretBox:
             raise MasterKeyError(f"the secret of key {key_id} does not decrypt: wrong master "
                                  "key?") from None
         return plain.decode("ascii")
+
+
+async def master_key_problem(box: SecretBox | None, store: KeyStore) -> str | None:
+    """Why signed requests cannot be checked with this master key (`box`), in plain words; None
+    when nothing is wrong (or the store cannot tell now). The canaries are stored secrets: a few
+    HMAC keys, chosen at random, must decrypt."""
+    try:
+        if box is None:
+            count = await store.hmac_key_count()
+            if not count:
+                return None
+            return (f"the key store holds {count} HMAC key(s) but no master key is configured: "
+                    "set GATEWAY_MASTER_KEY (signed requests get 503)")
+        for key_id in await store.some_hmac_key_ids(CANARIES):
+            key = await store.get_key(key_id)
+            if key is None or "secret" not in key.extra:
+                continue
+            try:
+                box.open(key.id, key.extra["secret"])
+            except (MasterKeyError, ValueError):
+                return (f"the master key does not decrypt the secret of HMAC key {key.id}: it is "
+                        "not the key the stored secrets were made with (signed requests get "
+                        "503); start with the right GATEWAY_MASTER_KEY or master.key")
+    except StoreError:
+        return None
+    return None

@@ -47,7 +47,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -357,6 +357,12 @@ class KeyStore:
     async def hmac_key_count(self) -> int:
         with store_errors():
             return int(await self.redis.scard(HMAC_KEYS))
+
+    async def some_hmac_key_ids(self, count: int) -> list[str]:
+        """Up to `count` HMAC key ids, chosen at random (for the master key's check)."""
+        with store_errors():
+            members = await self.redis.srandmember(HMAC_KEYS, count)
+        return [_text(m) for m in cast(list[bytes], members or [])]
 
     # -- listing (pages in a stable order; memory bounded by the page, never the table) ------
 
