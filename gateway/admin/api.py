@@ -3,7 +3,9 @@ lifecycle service as the CLI. Described by `/admin/openapi.json` (see `openapi.p
 
 Errors: `{"error": {"code", "message", "request_id"}}` with 400 `bad_request` (not JSON),
 401 `unauthorized`, 404 `not_found` / `admin_api_disabled`, 405 `method_not_allowed`,
-409 `conflict`, 422 `invalid_request` (the message names the field), 503 `key_store_unavailable`.
+409 `conflict`, 422 `invalid_request` (the message names the field), 429 `too_many_requests`
+(repeated failed token checks from one address: gateway/admin/guard.py), 503
+`key_store_unavailable`. Every number is ASCII digits (else 422).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,12 +21,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.admin.guard import AdminFailures
+from gateway.auth.throttle import retry_after_header
 from gateway.config import AdminToken, Config, parse_duration
 from gateway.errors import Conflict, InvalidRequest, NotFound, StoreError
 from gateway.keys.model import API_KEY
 from gateway.keys.secrets import SecretBox
 from gateway.keys.service import UNSET, KeyService, Unset
 from gateway.keys.store import KeyStore
+from gateway.observability.access_log import AccessLog
+from gateway.observability.metrics import ADMIN_AUTH_FAILURES
 from gateway.proxy.headers import request_id_from
 from gateway.reload import ConfigReloader
 
@@ -35,7 +42,11 @@ RELOADER_KEY: web.AppKey[ConfigReloader | None] = web.AppKey("reloader")
 SECRET_BOX_KEY: web.AppKey[SecretBox | None] = web.AppKey("secret_box")
 PROXY_PORT_KEY: web.AppKey[int | None] = web.AppKey("proxy_port")
 ACTOR: web.RequestKey[str] = web.RequestKey("actor", str)
+OUTCOME: web.RequestKey[str] = web.RequestKey("outcome", str)
+ADMIN_LOG_KEY: web.AppKey[AccessLog] = web.AppKey("admin_log", AccessLog)
+ADMIN_FAILURES_KEY: web.AppKey[AdminFailures] = web.AppKey("admin_failures", AdminFailures)
 MAX_BODY = 64 * 1024
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -74,35 +85,83 @@ def token_label(authorization: str | None, tokens: tuple[AdminToken, ...]) -> st
 
 @web.middleware
 async def admin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer of the admin listener: `X-Content-Type-Options: nosniff`; and every request
+    but the probes (/healthz, /readyz, /metrics) a JSON line on stdout with `"log": "admin"`
+    (issue 17, item 5): never the token, a body or the query."""
+    started = time.perf_counter()
     request_id = request_id_from(request.headers.get("X-Request-Id"))
+    response = await _answer(request, handler, request_id)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if request.path in PROBES:
+        return response  # health checks and scrapes, every few seconds: not logged
+    request.app[ADMIN_LOG_KEY].write({
+        "log": "admin",
+        "request_id": request_id,
+        "method": request.method,
+        "path": request.path,
+        "status": response.status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        "client": request.remote,
+        "actor": request.get(ACTOR),  # the token's label, never the token
+        "user_agent": request.headers.get("User-Agent"),
+        "outcome": request.get(OUTCOME) or ("ok" if response.status < 400 else "error"),
+    })
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler,
+                  request_id: str) -> web.StreamResponse:
     if request.path.startswith("/admin/") and request.path != "/admin/openapi.json":
         tokens = request.app[CONFIG_KEY]().admin.all_tokens()
         if not tokens:
-            return _error(404, "admin_api_disabled",
-                          "the admin API is off: no admin token is configured", request_id)
-        label = token_label(request.headers.get("Authorization"), tokens)
+            return _refused(request, 404, "admin_api_disabled",
+                            "the admin API is off: no admin token is configured", request_id)
+        failures = request.app[ADMIN_FAILURES_KEY]
+        client = request.remote or "unknown"
+        wait = failures.retry_after(client)
+        if wait is not None:
+            return _refused(request, 429, "too_many_requests",
+                            "too many failed admin token checks from this address; retry "
+                            "later", request_id, {"Retry-After": retry_after_header(wait)})
+        authorization = request.headers.get("Authorization")
+        label = token_label(authorization, tokens)
         if label is None:
-            return _error(401, "unauthorized", "a valid admin token is required "
-                          "(Authorization: Bearer <token>)", request_id,
-                          {"WWW-Authenticate": 'Bearer realm="gateway-admin"'})
+            ADMIN_AUTH_FAILURES.labels("missing" if not authorization else "invalid").inc()
+            failures.record_failure(client)
+            return _refused(request, 401, "unauthorized", "a valid admin token is required "
+                            "(Authorization: Bearer <token>)", request_id,
+                            {"WWW-Authenticate": 'Bearer realm="gateway-admin"'})
         request[ACTOR] = label
     try:
         response = await handler(request)
     except web.HTTPException as exc:  # aiohttp's own 404/405 for unknown paths and methods
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
-        return _error(exc.status, code, exc.reason, request_id)
+        return _refused(request, exc.status, code, exc.reason, request_id)
     except _BadBody as exc:
-        return _error(400, "bad_request", str(exc), request_id)
+        return _refused(request, 400, "bad_request", str(exc), request_id)
     except InvalidRequest as exc:
-        return _error(422, "invalid_request", str(exc), request_id)
+        return _refused(request, 422, "invalid_request", str(exc), request_id)
     except NotFound as exc:
-        return _error(404, "not_found", str(exc), request_id)
+        return _refused(request, 404, "not_found", str(exc), request_id)
     except Conflict as exc:
-        return _error(409, "conflict", str(exc), request_id)
+        return _refused(request, 409, "conflict", str(exc), request_id)
     except StoreError as exc:
-        return _error(503, "key_store_unavailable", str(exc), request_id,
-                      {"Retry-After": "1"})
+        return _refused(request, 503, "key_store_unavailable", str(exc), request_id,
+                        {"Retry-After": "1"})
     response.headers["X-Request-Id"] = request_id
+    return response
+
+
+def _refused(request: web.Request, status: int, code: str, message: str, request_id: str,
+             headers: dict[str, str] | None = None) -> web.Response:
+    request[OUTCOME] = code
+    return _error(status, code, message, request_id, headers)
+
+
+def _with_secret(data: dict[str, Any], status: int = 200) -> web.Response:
+    """An answer carrying a secret: never kept by a cache or a browser's history."""
+    response = _json(data, status)
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 
@@ -160,7 +219,8 @@ def _query_int(request: web.Request, name: str, default: int) -> int:
     text = request.query.get(name)
     if text is None:
         return default
-    if not text.isdigit() or len(text) > 9:
+    # ASCII digits only: str.isdigit() takes "²" too, which int() then refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
         raise InvalidRequest(name, "must be a whole number")
     return int(text)
 
@@ -262,7 +322,7 @@ async def create_key(request: web.Request) -> web.Response:
         scopes=scopes, expires_at=expires_at,
         description=_typed(body, "description", str, "a string")
         if "description" in body else "")
-    return _json({**key.public(), "secret": secret}, 201)
+    return _with_secret({**key.public(), "secret": secret}, 201)
 
 
 async def get_key(request: web.Request) -> web.Response:
@@ -308,7 +368,7 @@ async def reissue_key(request: web.Request) -> web.Response:
     grace = _duration(body["grace"], "grace") if "grace" in body else 0.0
     service = _service(request)
     key, secret = await service.reissue_key(request.match_info["key_id"], grace=grace)
-    return _json({**key.public(await service.last_used(key.id)), "secret": secret})
+    return _with_secret({**key.public(await service.last_used(key.id)), "secret": secret})
 
 
 # -- audit ---------------------------------------------------------------------------------------

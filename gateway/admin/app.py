@@ -10,6 +10,8 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.admin.api import (
+    ADMIN_FAILURES_KEY,
+    ADMIN_LOG_KEY,
     CONFIG_KEY,
     PROXY_PORT_KEY,
     RELOADER_KEY,
@@ -18,11 +20,13 @@ from gateway.admin.api import (
     add_admin_routes,
     admin_middleware,
 )
+from gateway.admin.guard import AdminFailures
 from gateway.admin.openapi import openapi_document
 from gateway.config import Config
 from gateway.keys.secrets import SecretBox, master_key_problem
 from gateway.keys.store import KeyStore
-from gateway.observability.metrics import render
+from gateway.observability.access_log import AccessLog
+from gateway.observability.metrics import ADMIN_AUTH_FAILURES, render
 from gateway.reload import ConfigReloader
 from gateway.store.watch import StoreWatch
 
@@ -144,6 +148,18 @@ def create_admin_app(store: KeyStore, config: Callable[[], Config],
     app[OPENAPI_KEY] = openapi_document()
     app[PROXY_PORT_KEY] = proxy_port  # for the page's example requests
     app[UI_FILES_KEY] = ui_files()
+    # Every admin request is logged, whatever log.access_log says: they are few, and each one
+    # matters (issue 17, item 5).
+    admin_log = AccessLog(enabled=True)
+    app[ADMIN_LOG_KEY] = admin_log
+    app[ADMIN_FAILURES_KEY] = AdminFailures()
+    for reason in ("missing", "invalid"):
+        ADMIN_AUTH_FAILURES.labels(reason)  # exported at 0 from the start
+
+    async def flush_log(app: web.Application) -> None:
+        admin_log.flush()
+
+    app.on_cleanup.append(flush_log)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

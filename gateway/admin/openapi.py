@@ -34,6 +34,8 @@ _ERRORS = {
     "404": _response("No such account or key, or the admin API is off", _ref("Error")),
     "409": _response("The change contradicts the current state", _ref("Error")),
     "422": _response("Invalid input; the message names the field", _ref("Error")),
+    "429": _response("Too many failed token checks from this address; see Retry-After",
+                     _ref("Error")),
     "503": _response("The key store is unavailable", _ref("Error")),
 }
 
@@ -44,7 +46,9 @@ def _op(summary: str, ok: str, schema: dict[str, Any], *, status: str = "200",
                                                                        "503")) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
-        "responses": {status: _response(ok, schema), **{e: _ERRORS[e] for e in errors}},
+        # Every operation that checks the token may answer 429 (gateway/admin/guard.py).
+        "responses": {status: _response(ok, schema), **{e: _ERRORS[e] for e in errors},
+                      **({"429": _ERRORS["429"]} if "401" in errors else {})},
     }
     if params:
         op["parameters"] = params

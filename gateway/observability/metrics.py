@@ -51,6 +51,9 @@ STORE_WARNINGS = Gauge("gateway_store_config_warnings",
                        ["setting"], multiprocess_mode="max")
 CONFIG_RELOADS = Counter("gateway_config_reloads", "Config reloads, by result (ok, error)",
                          ["result"])
+ADMIN_AUTH_FAILURES = Counter("gateway_admin_auth_failures",
+                              "Admin API requests refused for their token, by reason "
+                              "(missing, invalid)", ["reason"])
 IN_FLIGHT = Gauge("gateway_requests_in_flight", "Requests being handled now",
                   multiprocess_mode="livesum")
 
