@@ -117,20 +117,18 @@ for i = 1, #KEYS / 3 do
   if total == n then
     redis.call('PEXPIRE', counter, ttl)
   end
-  local leased = tonumber(redis.call('GET', leases) or '0')
-  if used + back > 0 then
-    leased = math.max(0, leased - used - back)
-  end
   local grant = 0
-  if ARGV[at + 4] == '1' and total < limit then
-    grant = math.max(0, math.ceil((limit - total - leased) / workers))
-    leased = leased + grant
-    if grant == 0 then
-      -- All that is left is leased out: the workers holding it give it back now.
-      redis.call('PUBLISH', channel, cjson.encode({client = ARGV[at + 5], reclaim = 1}))
+  local want = ARGV[at + 4] == '1'
+  if used + back > 0 or want then  -- (never with one worker: no leases)
+    local leased = math.max(0, tonumber(redis.call('GET', leases) or '0') - used - back)
+    if want and total < limit then
+      grant = math.max(0, math.ceil((limit - total - leased) / workers))
+      leased = leased + grant
+      if grant == 0 then
+        -- All that is left is leased out: the workers holding it give it back now.
+        redis.call('PUBLISH', channel, cjson.encode({client = ARGV[at + 5], reclaim = 1}))
+      end
     end
-  end
-  if used + back + grant > 0 then
     redis.call('SET', leases, leased, 'PX', ttl)
   end
   local till = 0
