@@ -44,10 +44,13 @@ from redis.crc import key_slot
 from gateway.config import Config
 from gateway.errors import PoolExhausted, StoreError, StoreUnavailable
 from gateway.keys.secrets import load_master_key
+from gateway.store import cluster_asking
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.urls import StoreAddress, parse_store_url
 
 log = logging.getLogger(__name__)
+
+cluster_asking.install()  # ASKING on the command's own connection (see that module)
 
 DEFAULT_POOL_SIZE = 64
 POOL_SLACK = 4  # connections beyond the gate: the invalidation subscription, a pipeline

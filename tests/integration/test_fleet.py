@@ -562,9 +562,9 @@ def shares(counts: dict[str, int]) -> dict[str, float]:
 
 
 async def read_through_resharding(service: Any, key_id: str) -> Any:
-    """The test's own look at a record while a slot moves: redis-py 8.1's cluster client sends
-    ASKING and the command on separate pooled connections, so under concurrency a read in a
-    migrating slot can run out of redirections (answered 503 by the gateway); ask again."""
+    """The test's own look at a record while a slot moves: a read the cluster answers with a
+    refresh of its slot map on the way can still run out of redirections (503); ask again.
+    (Reads of moved keys as such are covered by test_cluster_asking.py.)"""
     for _ in range(50):
         try:
             return await service.get_key(key_id)
