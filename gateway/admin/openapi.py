@@ -147,7 +147,8 @@ SCHEMAS: dict[str, Any] = {
                        "field is refused with 422 naming it.",
         "properties": {
             "expires_at": {**_NULLABLE_TIME,
-                           "description": "A future time, or null for no expiry"},
+                           "description": "A future time, or null for no expiry (API keys "
+                                          "only: an HMAC key's expiry can move, not go)"},
             "description": {"type": "string", "maxLength": 1000},
         },
     },

@@ -269,7 +269,9 @@ class KeyService:
 
     async def update_key(self, key_id: str, *, expires_at: float | _Unset | None = UNSET,
                          description: str | _Unset = UNSET) -> KeyRecord:
-        """Only the expiry and the description of a key can change (SPEC §1)."""
+        """Only the expiry and the description of a key can change (SPEC §1), for both types.
+        An HMAC key's expiry can move but not go: it needs one (SPEC §1). Its description can
+        change too, as an API key's can: free text that grants nothing (issue 17, item 10)."""
         changes: dict[str, Any] = {}
         if expires_at is not UNSET:
             self._check_expiry(expires_at, self.clock())
@@ -278,7 +280,17 @@ class KeyService:
             changes["description"] = self._description(description)
         if not changes:
             raise InvalidRequest("key", "nothing to change: give an expiry or a description")
-        _, changed = await self._change_key(key_id, lambda key: key.with_changes(**changes))
+
+        def change(key: KeyRecord) -> KeyRecord:
+            # On the record as read: the type is known only there, and a key left without an
+            # expiry by an older version gets one with its next change.
+            if key.type == HMAC_KEY and changes.get("expires_at", key.expires_at) is None:
+                why = ("it can be moved but not removed" if "expires_at" in changes else
+                       "this one has none: give one with this change")
+                raise InvalidRequest("expires_at", f"HMAC keys need an expiry; {why}")
+            return key.with_changes(**changes)
+
+        _, changed = await self._change_key(key_id, change)
         details = {name: iso(value) if name == "expires_at" else value
                    for name, value in changes.items()}
         await self._audit("key.update", [key_id], **details)
