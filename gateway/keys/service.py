@@ -35,6 +35,7 @@ from gateway.keys.model import (
 )
 from gateway.keys.secrets import SecretBox
 from gateway.keys.store import KeyStore, Swap, is_cursor, ms
+from gateway.keys.text import check_text
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 1000
@@ -104,6 +105,7 @@ class KeyService:
         name = name.strip()
         if not name or len(name) > MAX_NAME:
             raise InvalidRequest("name", f"must be 1 to {MAX_NAME} characters")
+        check_text("name", name)  # no terminal escapes in what the CLI prints (keys/text.py)
         account = Account(id=new_account_id(), name=name, enabled=enabled,
                           api_access=api_access, created_at=self._creation_time())
         await self.store.put_account(account)
@@ -422,7 +424,7 @@ class KeyService:
     def _description(description: str) -> str:
         if len(description) > MAX_DESCRIPTION:
             raise InvalidRequest("description", f"must be at most {MAX_DESCRIPTION} characters")
-        return description
+        return check_text("description", description)
 
 
 _AUDIT_ID = re.compile(r"^\d{1,20}-\d{1,20}$", re.ASCII)  # ASCII: int() reads other digits too
