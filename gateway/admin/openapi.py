@@ -11,6 +11,8 @@ _ID = {"type": "string", "pattern": "^[A-Za-z0-9_]{1,64}$"}
 _SCOPE = {"type": "string", "pattern": r"^([A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?|\*)$",
           "maxLength": 200}
 _DURATION = {"type": "string", "pattern": r"^[0-9]{1,7}(ms|s|m|h|d)$"}
+_PLAIN_TEXT = ("No control characters (U+0000-U+001F, U+007F-U+009F), line or paragraph "
+               "separators or bidi controls (such as U+202E): 422 naming the field")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -100,7 +102,7 @@ SCHEMAS: dict[str, Any] = {
     "AccountCreate": {
         "type": "object", "additionalProperties": False, "required": ["name"],
         "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200,
-                                "pattern": r"\S"},
+                                "pattern": r"\S", "description": _PLAIN_TEXT},
                        "enabled": {"type": "boolean"}, "api_access": {"type": "boolean"}},
     },
     "AccountUpdate": {
@@ -138,7 +140,8 @@ SCHEMAS: dict[str, Any] = {
             "expires_at": {"type": "string", "format": "date-time",
                            "description": "Must lie in the future"},
             "expires_in": {**_DURATION, "description": "Lifetime such as 30d"},
-            "description": {"type": "string", "maxLength": 1000},
+            "description": {"type": "string", "maxLength": 1000,
+                            "description": _PLAIN_TEXT},
         },
     },
     "KeyUpdate": {
@@ -147,8 +150,10 @@ SCHEMAS: dict[str, Any] = {
                        "field is refused with 422 naming it.",
         "properties": {
             "expires_at": {**_NULLABLE_TIME,
-                           "description": "A future time, or null for no expiry"},
-            "description": {"type": "string", "maxLength": 1000},
+                           "description": "A future time, or null for no expiry (API keys "
+                                          "only: an HMAC key's expiry can move, not go)"},
+            "description": {"type": "string", "maxLength": 1000,
+                            "description": _PLAIN_TEXT},
         },
     },
     "KeyIds": {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from gateway.keys.service import KeyService
+from gateway.keys.text import escape
 
 from .common import (
     LIST_PAGE,
@@ -116,7 +117,7 @@ async def accounts_delete(service: KeyService, account_id: str, delete_keys: boo
         raise click.ClickException(f"account {account_id!r} still has {count} key(s); delete "
                                    "them first or pass --delete-keys")
     if not yes:
-        click.echo(f"Account {account_id} ({view['name']})"
+        click.echo(f"Account {account_id} ({escape(view['name'])})"
                    + (f" and its {count} key(s)" if count else "") + " will be deleted.",
                    err=True)
     confirm("Delete it?", yes)

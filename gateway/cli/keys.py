@@ -11,6 +11,7 @@ import click
 from gateway.errors import GatewayError, NotFound
 from gateway.keys.model import API_KEY, HMAC_KEY, Account
 from gateway.keys.service import UNSET, KeyService, Unset
+from gateway.keys.text import escape
 
 from .common import (
     ACCOUNT_CACHE_MAX,
@@ -201,7 +202,8 @@ async def keys_delete(service: KeyService, key_ids: tuple[str, ...], yes: bool,
         for key in found.values():
             click.echo(f"  {key.id}  account {key.account_id}  {key.masked_secret()}  "
                        f"scopes {' '.join(key.scopes) or '-'}"
-                       + (f"  ({key.description})" if key.description else ""), err=True)
+                       + (f"  ({escape(key.description)})" if key.description else ""),
+                       err=True)
     confirm("Delete them?", yes)
     try:
         deleted = await service.delete_keys(key_ids)

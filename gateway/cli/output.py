@@ -1,4 +1,7 @@
-"""How the CLI prints: aligned tables for people, one JSON document for scripts."""
+"""How the CLI prints: aligned tables for people, one JSON document for scripts. Neither lets a
+stored name or description drive the terminal: what the service refuses in them (control
+characters, bidi controls: gateway/keys/text.py) is printed escaped, for records written before
+it refused them or straight into the store."""
 
 from __future__ import annotations
 
@@ -9,9 +12,11 @@ from typing import Any, TextIO
 import click
 import orjson
 
+from gateway.keys.text import escape, escape_json
+
 
 def emit_json(data: Any) -> None:
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    click.echo(escape_json(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()))
 
 
 def _cell(value: Any) -> str:
@@ -20,8 +25,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list | tuple):
-        return " ".join(str(v) for v in value) or "-"
-    return str(value)
+        return escape(" ".join(str(v) for v in value)) or "-"
+    return escape(str(value))
 
 
 def emit_record(record: Mapping[str, Any]) -> None:
@@ -96,7 +101,8 @@ class JsonArrayStream:
 
     def add(self, item: Any) -> None:
         # "[" goes out with the first item, so an error before any item prints nothing.
-        self._out.write(("[\n" if self.count == 0 else ",\n") + orjson.dumps(item).decode())
+        self._out.write(("[\n" if self.count == 0 else ",\n")
+                        + escape_json(orjson.dumps(item).decode()))
         self.count += 1
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ from gateway.keys.model import (
 )
 from gateway.keys.secrets import SecretBox
 from gateway.keys.store import KeyStore, Swap, is_cursor, ms
+from gateway.keys.text import check_text
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 1000
@@ -104,6 +105,7 @@ class KeyService:
         name = name.strip()
         if not name or len(name) > MAX_NAME:
             raise InvalidRequest("name", f"must be 1 to {MAX_NAME} characters")
+        check_text("name", name)  # no terminal escapes in what the CLI prints (keys/text.py)
         account = Account(id=new_account_id(), name=name, enabled=enabled,
                           api_access=api_access, created_at=self._creation_time())
         await self.store.put_account(account)
@@ -269,7 +271,9 @@ class KeyService:
 
     async def update_key(self, key_id: str, *, expires_at: float | _Unset | None = UNSET,
                          description: str | _Unset = UNSET) -> KeyRecord:
-        """Only the expiry and the description of a key can change (SPEC §1)."""
+        """Only the expiry and the description of a key can change (SPEC §1), for both types.
+        An HMAC key's expiry can move but not go: it needs one (SPEC §1). Its description can
+        change too, as an API key's can: free text that grants nothing (issue 17, item 10)."""
         changes: dict[str, Any] = {}
         if expires_at is not UNSET:
             self._check_expiry(expires_at, self.clock())
@@ -278,7 +282,17 @@ class KeyService:
             changes["description"] = self._description(description)
         if not changes:
             raise InvalidRequest("key", "nothing to change: give an expiry or a description")
-        _, changed = await self._change_key(key_id, lambda key: key.with_changes(**changes))
+
+        def change(key: KeyRecord) -> KeyRecord:
+            # On the record as read: the type is known only there, and a key left without an
+            # expiry by an older version gets one with its next change.
+            if key.type == HMAC_KEY and changes.get("expires_at", key.expires_at) is None:
+                why = ("it can be moved but not removed" if "expires_at" in changes else
+                       "this one has none: give one with this change")
+                raise InvalidRequest("expires_at", f"HMAC keys need an expiry; {why}")
+            return key.with_changes(**changes)
+
+        _, changed = await self._change_key(key_id, change)
         details = {name: iso(value) if name == "expires_at" else value
                    for name, value in changes.items()}
         await self._audit("key.update", [key_id], **details)
@@ -410,7 +424,7 @@ class KeyService:
     def _description(description: str) -> str:
         if len(description) > MAX_DESCRIPTION:
             raise InvalidRequest("description", f"must be at most {MAX_DESCRIPTION} characters")
-        return description
+        return check_text("description", description)
 
 
 _AUDIT_ID = re.compile(r"^\d{1,20}-\d{1,20}$", re.ASCII)  # ASCII: int() reads other digits too
