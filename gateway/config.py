@@ -7,8 +7,6 @@ environment overrides are applied here, from the mapping the caller passes in.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import ipaddress
 import math
@@ -22,6 +20,14 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.keys.masterkeys import (
+    ORIGIN_ENV,
+    ORIGIN_FILE,
+    MasterKeyError,
+    MasterKeys,
+    parse_key_list,
+    read_key_file,
+)
 from gateway.store.urls import parse_store_url
 
 T = TypeVar("T")
@@ -197,7 +203,9 @@ class Config:
     brute_force: BruteForceConfig = BruteForceConfig()
     routes: tuple[RouteConfig, ...] = ()
     data_dir: Path = Path(".gateway")
-    master_key: bytes | None = field(default=None, repr=False)
+    # GATEWAY_MASTER_KEY or GATEWAY_MASTER_KEY_FILE (see keys/masterkeys.py); None: the
+    # embedded store's master.key, or no HMAC keys.
+    master_key: MasterKeys | None = field(default=None, repr=False)
     log: LogConfig = LogConfig()
     # SHA-256 (first 16 hex digits) of the file as loaded: which config is running.
     digest: str = "defaults"
@@ -448,16 +456,15 @@ def _routes(reader: _Reader, raw: object) -> tuple[RouteConfig, ...]:
     return tuple(routes)
 
 
-def _master_key(value: str) -> bytes:
-    text = value.strip()
+def _master_keys(value: str) -> MasterKeys:
+    return MasterKeys(parse_key_list(value), ORIGIN_ENV)
+
+
+def _master_key_file(value: str) -> MasterKeys:
     try:
-        key = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4),
-                               validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("is not base64") from None
-    if len(key) != 32:
-        raise ValueError(f"must decode to 32 bytes, got {len(key)}")
-    return key
+        return read_key_file(Path(value), ORIGIN_FILE)
+    except MasterKeyError as exc:
+        raise ValueError(str(exc)) from None
 
 
 # Instances holding each section's defaults (a slotted dataclass's class attribute is a slot
@@ -572,9 +579,14 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
     if env.get("GATEWAY_DATA_DIR"):
         data_dir = Path(env["GATEWAY_DATA_DIR"])
     master_key = None
-    if env.get("GATEWAY_MASTER_KEY"):
-        master_key = reader.get(env, "GATEWAY_MASTER_KEY", "GATEWAY_MASTER_KEY", _master_key,
+    if env.get("GATEWAY_MASTER_KEY") and env.get("GATEWAY_MASTER_KEY_FILE"):
+        reader.problem("GATEWAY_MASTER_KEY_FILE", "set it or GATEWAY_MASTER_KEY, not both")
+    elif env.get("GATEWAY_MASTER_KEY"):
+        master_key = reader.get(env, "GATEWAY_MASTER_KEY", "GATEWAY_MASTER_KEY", _master_keys,
                                 None)
+    elif env.get("GATEWAY_MASTER_KEY_FILE"):
+        master_key = reader.get(env, "GATEWAY_MASTER_KEY_FILE", "GATEWAY_MASTER_KEY_FILE",
+                                _master_key_file, None)
 
     if reader.problems:
         raise ConfigError(source, reader.problems)

@@ -24,7 +24,7 @@ from gateway.config import Config
 from gateway.demo import ensure_demo_key, start_demo_upstreams
 from gateway.errors import StoreError
 from gateway.keys.cache import InvalidationListener, KeyCache
-from gateway.keys.secrets import MasterKeyError, SecretBox, load_master_key
+from gateway.keys.secrets import MasterKeyError, MasterKeys, SecretBox, load_master_key
 from gateway.keys.store import KeyStore
 from gateway.keys.usage import UsageRecorder
 from gateway.observability.access_log import AccessLog
@@ -158,7 +158,7 @@ async def migrate_layout(store: KeyStore) -> None:
         log.warning("could not check the store's layout at start-up: %s", exc)
 
 
-async def check_master_key(master_key: bytes | None, store: KeyStore) -> None:
+async def check_master_key(master_key: MasterKeys | None, store: KeyStore) -> None:
     """HMAC keys in the store and no master key is a configuration error, said at start-up
     rather than on the first signed request."""
     if master_key is not None:

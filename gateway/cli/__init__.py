@@ -12,7 +12,7 @@ from gateway.config import Config, load_config
 from gateway.datadir import UMASK
 from gateway.errors import ConfigError, GatewayError
 
-from . import accounts, audit, keys, sign
+from . import accounts, audit, keys, masterkey, sign
 
 CONFIG_HELP = "YAML config file (default: $GATEWAY_CONFIG, else built-in defaults)."
 
@@ -87,5 +87,6 @@ def config_check(path: str) -> None:
 
 main.add_command(accounts.accounts)
 main.add_command(keys.keys)
+main.add_command(masterkey.master_key)
 main.add_command(audit.audit)
 main.add_command(sign.sign)

@@ -16,7 +16,8 @@ Redis Cluster (records spread over the slots by their names: nothing is pinned t
                              they sort by creation then id: a stable order, and the last member
                              of a page is the cursor of the next. Listings skip a member whose
                              record is missing.)
-    gw:hmac-keys             set of the HMAC key ids (is a master key needed at start-up?)
+    gw:hmac-keys             set of the HMAC key ids (is a master key needed at start-up? which
+                             secrets does a master-key rotation re-encrypt?)
     gw:nonce:{key id}:{h}    a signed request's nonce, remembered while the signature could
                              still be accepted (SET NX PX: one round trip, on every instance)
     gw:last-used:{gw:key:<id>}  one key's last use, epoch seconds (3 decimals); the hash tag
@@ -199,6 +200,13 @@ class KeyStore:
             data = await self.redis.get(KEY + key_id)
         return (KeyRecord.from_json(data), _bytes(data)) if data is not None else None
 
+    async def read_keys(self, ids: Sequence[str]) -> dict[str, tuple[KeyRecord, bytes]]:
+        """`read_key` of several keys in one round trip; the ones gone are left out."""
+        with store_errors():
+            values = await mget(self.redis, [KEY + i for i in ids])
+        return {i: (KeyRecord.from_json(v), _bytes(v))
+                for i, v in zip(ids, values, strict=True) if v is not None}
+
     async def read_account(self, account_id: str) -> tuple[Account, bytes] | None:
         with store_errors():
             data = await self.redis.get(ACCOUNT + account_id)
@@ -363,6 +371,18 @@ class KeyStore:
         with store_errors():
             members = await self.redis.srandmember(HMAC_KEYS, count)
         return [_text(m) for m in cast(list[bytes], members or [])]
+
+    async def hmac_key_ids(self, batch: int) -> AsyncIterator[list[str]]:
+        """Every HMAC key id, about `batch` at a time (SSCAN: a key present throughout is
+        yielded at least once, rarely twice; one created or deleted meanwhile, maybe)."""
+        cursor = 0
+        while True:
+            with store_errors():
+                cursor, members = await self.redis.sscan(HMAC_KEYS, cursor, count=batch)
+            if members:
+                yield [_text(m) for m in members]
+            if not cursor:
+                return
 
     # -- listing (pages in a stable order; memory bounded by the page, never the table) ------
 

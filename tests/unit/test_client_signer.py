@@ -28,6 +28,7 @@ from gateway.auth.signatures import (
     signature_matches,
 )
 from gateway.client import canonical_url, sign_request
+from gateway.keys.masterkeys import master_key_id
 from gateway.keys.secrets import MasterKeyError, SecretBox
 
 KEY_ID = "gwh_3fT9kQ2mZx"
@@ -379,7 +380,10 @@ def test_secretbox_round_trip(secret: str) -> None:
     sealed = box.seal("gwh_a", secret)
     assert box.open("gwh_a", sealed) == secret
     assert SecretBox(bytes(MASTER)).open("gwh_a", sealed) == secret  # a fresh box, same key
-    raw = base64.b64decode(sealed, validate=True)
+    # `<master key id>:<base64>` (issue 17, item 11)
+    ident, _, body = sealed.partition(":")
+    assert ident == master_key_id(MASTER)
+    raw = base64.b64decode(body, validate=True)
     assert len(raw) == 12 + len(secret.encode()) + 16  # nonce + ciphertext + GCM tag
     # Only for secrets long enough that random ciphertext cannot contain them by chance (a
     # one-byte secret turns up among ~30 random bytes about one run in nine).
@@ -392,7 +396,8 @@ def test_secretbox_ciphertext_differs_each_time() -> None:
     box = SecretBox(MASTER)
     sealed = {box.seal("gwh_a", SECRET) for _ in range(20)}
     assert len(sealed) == 20
-    assert len({base64.b64decode(s)[:12] for s in sealed}) == 20  # fresh nonce every time
+    assert len({base64.b64decode(s.partition(":")[2])[:12]
+                for s in sealed}) == 20  # fresh nonce every time
     assert all(box.open("gwh_a", s) == SECRET for s in sealed)
 
 
@@ -412,10 +417,12 @@ def test_secretbox_other_key_id_refused(other_id: str) -> None:
 @pytest.mark.parametrize("position", [0, 11, 12, 20, -1])
 def test_secretbox_tampered_ciphertext_refused(position: int) -> None:
     box = SecretBox(MASTER)
-    raw = bytearray(base64.b64decode(box.seal("gwh_a", SECRET)))
+    ident, _, body = box.seal("gwh_a", SECRET).partition(":")
+    assert box.open("gwh_a", f"{ident}:{body}") == SECRET
+    raw = bytearray(base64.b64decode(body))
     raw[position] ^= 0x01
     with pytest.raises(MasterKeyError):
-        box.open("gwh_a", base64.b64encode(bytes(raw)).decode())
+        box.open("gwh_a", f"{ident}:{base64.b64encode(bytes(raw)).decode()}")
 
 
 
