@@ -93,7 +93,8 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
         # Lookups that race the first subscription are not cached (subscribing drops the
         # cache), so give it a moment; a store that is down must not stop the gateway starting.
         try:
-            await asyncio.wait_for(listener.subscribed.wait(), config.redis.timeout)
+            async with asyncio.timeout(config.redis.timeout):  # (not wait_for: gateway.tasks)
+                await listener.subscribed.wait()
         except TimeoutError:
             log.warning("key store not reachable at start; serving, and retrying in the "
                         "background")

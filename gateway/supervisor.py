@@ -6,19 +6,23 @@ proxy listener with SO_REUSEPORT, so the kernel spreads connections over them. A
 dies is replaced; SIGHUP or `POST /admin/reload` validates the file once, in the supervisor, and
 hands the new config to every worker over its control pipe; SIGTERM makes every worker stop
 accepting, finish what it has in flight (up to `listen.drain_timeout`), flush its last-use data
-and exit, and then the supervisor stops too.
+and exit (a worker still starting gives its start-up up), and then the supervisor stops too. A
+worker whose supervisor is gone (killed, crashed) stops as if sent SIGTERM, and exits within the
+drain timeout and EXIT_GRACE whatever hangs (see _Lifeline).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 MONITOR_INTERVAL = 0.2
 RESTART_BACKOFF = 1.0  # a worker that dies within this long of starting waits this long
 STOP_GRACE = 10.0  # beyond the drain timeout, before a stuck worker is killed
+EXIT_GRACE = 5.0  # beyond the drain timeout, before a worker whose supervisor is gone exits
 METRICS_DIR = "metrics"
 
 
@@ -55,6 +60,41 @@ def prepare_metrics_dir(config: Config) -> Path:
 
 # -- the worker side -----------------------------------------------------------------------------
 
+class _Lifeline:
+    """Ends this worker when its supervisor is gone (killed, crashed), at any stage: starting,
+    serving or stopping. A daemon thread waits on the sentinel multiprocessing gives a spawned
+    child (a pipe whose other end only the supervisor holds: it reads end-of-file the moment
+    the supervisor's process is gone, however it went). Then the worker is sent SIGTERM, as the
+    supervisor would have, and stops gracefully; if it is still there `grace` seconds later
+    (something hangs, or the event loop is blocked), the thread ends the process.
+
+    A thread rather than the event loop: the loop may be what hangs, or not run yet. The
+    sentinel rather than polling getppid(): it costs nothing until it fires, and cannot miss a
+    loss that came before the thread started. Not prctl(PR_SET_PDEATHSIG): Linux only, sent
+    when the supervisor's thread that started the worker ends rather than its process, lost
+    if the supervisor dies before the worker has set it, and no bound on a stop that hangs."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace  # read when the supervisor is gone: a reload may change it
+
+    def start(self) -> None:
+        parent = multiprocessing.parent_process()
+        if parent is not None:  # (None: not a spawned child, as when run in a test)
+            threading.Thread(target=self._watch, args=(parent.sentinel,), daemon=True,
+                             name="supervisor-lifeline").start()
+
+    def _watch(self, sentinel: int) -> None:
+        multiprocessing.connection.wait([sentinel])
+        log.warning("the supervisor is gone; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+        grace = self.grace
+        time.sleep(grace)
+        log.error("the supervisor is gone and this worker did not stop within %.0f s; "
+                  "exiting now (its threads' stacks follow)", grace)
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(1)
+
+
 def _worker_main(config: Config, conn: multiprocessing.connection.Connection,
                  log_level: str, workers: int = 1) -> None:
     logging.basicConfig(level=log_level.upper(),
@@ -64,34 +104,56 @@ def _worker_main(config: Config, conn: multiprocessing.connection.Connection,
     # decides what they mean (stop, reload) and tells the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    uvloop.run(_worker(config, conn, workers))
+    lifeline = _Lifeline(config.listen.drain_timeout + EXIT_GRACE)
+    lifeline.start()
+    uvloop.run(_worker(config, conn, workers, lifeline))
 
 
 async def _worker(config: Config, conn: multiprocessing.connection.Connection,
-                  workers: int = 1) -> None:
+                  workers: int = 1, lifeline: _Lifeline | None = None) -> None:
+    """Serve until SIGTERM (from the supervisor, or from the lifeline), then drain. A SIGTERM
+    while still starting (the store may not answer yet) gives the start-up up instead."""
     from gateway.server import serve, settle_heap  # in the worker only: imports prometheus
 
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    async with serve(config, admin=False, reuse_port=True, workers=workers) as running:
+    serving = False
 
-        def on_message() -> None:
-            try:
-                kind, payload = conn.recv()
-            except (EOFError, OSError):
-                stop.set()  # the supervisor is gone
-                return
-            if kind == "reload":
-                running.handler.reload(payload)
-                log.info("config %s applied", payload.digest)
+    def on_stop() -> None:
+        stop.set()
+        if not serving and main is not None:
+            main.cancel()
 
-        loop.add_reader(conn.fileno(), on_message)
-        settle_heap()
-        conn.send(("ready", os.getpid()))
-        await stop.wait()
-        loop.remove_reader(conn.fileno())
-        log.info("draining requests in flight")
+    loop.add_signal_handler(signal.SIGTERM, on_stop)
+    try:
+        async with serve(config, admin=False, reuse_port=True, workers=workers) as running:
+            serving = True
+
+            def on_message() -> None:
+                try:
+                    kind, payload = conn.recv()
+                except (EOFError, OSError):
+                    loop.remove_reader(conn.fileno())
+                    on_stop()  # the supervisor is gone
+                    return
+                if kind == "reload":
+                    running.handler.reload(payload)
+                    if lifeline is not None:
+                        lifeline.grace = payload.listen.drain_timeout + EXIT_GRACE
+                    log.info("config %s applied", payload.digest)
+
+            loop.add_reader(conn.fileno(), on_message)
+            settle_heap()
+            with contextlib.suppress(OSError):  # the supervisor is gone: stop is on its way
+                conn.send(("ready", os.getpid()))
+            await stop.wait()
+            loop.remove_reader(conn.fileno())
+            log.info("draining requests in flight")
+    except asyncio.CancelledError:
+        if not stop.is_set():
+            raise
+        log.info("stopped while starting")
 
 
 # -- the supervisor side -------------------------------------------------------------------------

@@ -78,9 +78,9 @@ import orjson
 from gateway.config import BruteForceConfig, IPNetwork
 from gateway.errors import RequestRefused, StoreError
 from gateway.observability.metrics import AUTH_THROTTLED
-from gateway.proxy.headers import is_trusted
+from gateway.peers import is_trusted, parse_address
 from gateway.store.client import Redis, slot_chunks, store_errors
-from gateway.tasks import stop_task
+from gateway.tasks import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -165,34 +165,9 @@ def lease_key(window: int, client: str) -> str:
 
 # -- who is the client ----------------------------------------------------------------------------
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def _parse_address(text: str) -> IPAddress | None:
-    """An address as found in a peer or X-Forwarded-For entry: bare, `a.b.c.d:port` or
-    `[v6]:port`. IPv4-mapped IPv6 addresses become IPv4 (a dual-stack listener's view)."""
-    try:
-        address: IPAddress = ipaddress.ip_address(text)
-    except ValueError:
-        host = None
-        if text.startswith("["):
-            host = text[1:].partition("]")[0]
-        elif text.count(":") == 1:
-            host = text.partition(":")[0]
-        if host is None:
-            return None
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
 def _identity(text: str) -> str:
     """What failures are counted under: the address (IPv6: its /64), else the text itself."""
-    address = _parse_address(text)
+    address = parse_address(text)
     if address is None:
         return text[:_MAX_RAW_ADDRESS] or UNKNOWN_CLIENT
     if isinstance(address, ipaddress.IPv6Address):
@@ -216,7 +191,7 @@ def client_address(peer: str | None, forwarded_for: Sequence[str],
     if not entries:
         return _identity(peer)
     for entry in reversed(entries):
-        address = _parse_address(entry)
+        address = parse_address(entry)
         if address is None or not is_trusted(str(address), trusted):
             return _identity(entry)
     return _identity(entries[0])  # every hop is a trusted proxy: the first one is the origin
@@ -271,11 +246,13 @@ class FailureThrottle:
         self._held: dict[str, float] = {}  # address -> end of its hold (also in _blocks)
         self._leased: set[str] = set()  # addresses holding a lease (given back when quiet)
         self._reclaimed: set[str] = set()  # leases another worker asked back
-        self._wake = asyncio.Event()  # an early flush is wanted
         self._flushed: asyncio.Future[None] | None = None  # done when the next flush ends
         self._flush_script = redis.register_script(_FLUSH)
-        self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
+        # A held address asks again soon: the lease it waits for is being given back.
+        self._flushes = Periodic("brute-force flush",
+                                 lambda: REPOLL if self._held else self.interval, self._share,
+                                 self._share_failed)
         self._failing = False  # the store refused the last flush (said once in the log)
 
     # -- the request path (synchronous, memory only) ---------------------------------------------
@@ -295,8 +272,9 @@ class FailureThrottle:
                 return
             if self._flushed is None:
                 self._flushed = asyncio.get_running_loop().create_future()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._flushed), left)
+            with contextlib.suppress(TimeoutError):  # (not wait_for: see gateway.tasks)
+                async with asyncio.timeout(left):
+                    await asyncio.shield(self._flushed)
 
     def retry_after(self, client: str) -> float | None:
         """Seconds left if `client` is blocked (or held), else None."""
@@ -354,7 +332,7 @@ class FailureThrottle:
             return  # blocked: no lease is waited for
         self._held[client] = until
         self._block(client, until, now)
-        self._wake.set()
+        self._flushes.wake()  # an early flush
 
     def _settle(self, client: str, entry: _Count | None, now: float) -> None:
         """After a flush: a held address is let go once it has a lease again."""
@@ -403,7 +381,7 @@ class FailureThrottle:
         entry = self._counts.get(client)
         if entry is not None and entry.lease:
             self._reclaimed.add(client)
-            self._wake.set()
+            self._flushes.wake()  # an early flush
 
     def _block(self, client: str, until: float, now: float) -> None:
         current = self._blocks.get(client)
@@ -540,36 +518,27 @@ class FailureThrottle:
                 if entry.lease:
                     self._leased.add(client)
 
-    async def _run(self) -> None:
-        while True:
-            if not self._wake.is_set():
-                # A held address asks again soon: the lease it waits for is being given back.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(),
-                                           REPOLL if self._held else self.interval)
-            self._wake.clear()
-            try:
-                await self.flush()
-            except StoreError as exc:
-                if not self._failing:
-                    log.warning("brute-force counts cannot be shared (%s); blocking on this "
-                                "worker's counts until the store answers", exc)
-                self._failing = True
-                continue
-            except Exception:  # a bug must not end the flushes for good
-                log.exception("brute-force flush failed")
-                continue
-            if self._failing:
-                log.info("brute-force counts shared again")
-            self._failing = False
+    async def _share(self) -> None:
+        await self.flush()
+        if self._failing:
+            log.info("brute-force counts shared again")
+        self._failing = False
+
+    def _share_failed(self, exc: Exception) -> None:
+        if not isinstance(exc, StoreError):  # a bug must not end the flushes for good
+            log.error("brute-force flush failed", exc_info=exc)
+            return
+        if not self._failing:
+            log.warning("brute-force counts cannot be shared (%s); blocking on this worker's "
+                        "counts until the store answers", exc)
+        self._failing = True
 
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
+        self._flushes.start()
 
     async def close(self) -> None:
         """Stop the background flushes and share what is left, if the store answers."""
-        await stop_task(self._task)
-        self._task = None
+        await self._flushes.stop()
         try:
             await self.flush()
         except StoreError as exc:

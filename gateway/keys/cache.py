@@ -31,6 +31,7 @@ from gateway.keys.store import EVENTS, KeyStore
 from gateway.observability.metrics import KEY_CACHE, STORE_ERRORS
 from gateway.observability.tally import TALLY
 from gateway.store.client import Redis, subscriber
+from gateway.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -323,14 +324,12 @@ class InvalidationListener:
         self._moving = True
 
     async def stop(self) -> None:
-        # redis-py can swallow a cancellation that lands inside a read and carry on reading,
-        # so the loop also checks this flag after every bounded wait.
+        # A cancellation can be lost inside a redis-py call (see gateway.tasks): stop_task
+        # cancels again until the loop ends, and the loop checks this flag after every bounded
+        # wait.
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await stop_task(task)
 
     async def _run(self) -> None:
         delay = self.RETRY_MIN

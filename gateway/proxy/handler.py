@@ -23,10 +23,10 @@ from gateway.observability.metrics import (
     method_label,
 )
 from gateway.observability.tally import TALLY
+from gateway.peers import is_trusted
 from gateway.proxy.forward import UpstreamRequest, forward
 from gateway.proxy.headers import (
     DROP_INBOUND,
-    is_trusted,
     request_id_from,
     untrusted_drop,
     upstream_request_fields,

@@ -16,8 +16,6 @@ from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDictProxy
 
-from gateway.config import IPNetwork
-
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "transfer-encoding", "upgrade",
@@ -110,19 +108,6 @@ def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     """Header names listed in `Connection`, which are hop-by-hop for this one message."""
     values = headers.getall("Connection", ())
     return frozenset(token.strip().lower() for value in values for token in value.split(","))
-
-
-def is_trusted(peer: str | None, trusted: Iterable[IPNetwork]) -> bool:
-    if not peer:
-        return False
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    # A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in trusted)
 
 
 def upstream_request_fields(

@@ -284,3 +284,73 @@ async def test_two_workers_admit_the_limit_between_them_not_each(
         assert worker.throttle.retry_after(CLIENT) > 50  # the block, not a hold
     # Another address was never held nor blocked.
     assert all(w.throttle.retry_after(OTHER) is None for w in workers)
+
+
+# -- stopping (issue 17, item 16) ------------------------------------------------------------------
+
+STOP_BOUND = 10.0  # a bound on a hang: close() takes a store timeout at most, never for ever
+
+
+async def ends_within(closing: Awaitable[None], bound: float) -> bool:
+    """Whether `closing` ended within `bound` seconds (if not, it is cancelled)."""
+    task = asyncio.ensure_future(closing)
+    await asyncio.wait({task}, timeout=bound)
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    await asyncio.wait({task}, timeout=1.0)
+    return False
+
+
+async def stop_as_a_failure_wakes_the_flush(throttle: FailureThrottle) -> bool:
+    """A failure counted in the loop turn in which the worker's shutdown stops the flushes:
+    with two workers the failure asks for an early flush, so the wake-up and the cancellation
+    reach the flush loop together (before, asyncio.wait_for returned the wake-up and lost the
+    cancellation, and the loop flushed on for ever under a close() that never returned)."""
+    throttle.start()
+    await asyncio.sleep(0.05)  # the loop is waiting for its next flush
+    throttle.record_failure(CLIENT)
+    assert throttle.held(CLIENT)  # an early flush was asked for
+    return await ends_within(throttle.close(), STOP_BOUND)
+
+
+async def test_a_failure_as_the_flushes_stop_neither_hangs_close_nor_is_lost(
+        redis_clean: RedisServer) -> None:
+    redis = connect(redis_clean.url, 1.0)
+    try:
+        config = BruteForceConfig(max_failures=30)
+        clock = WindowClock(config.window)
+        throttle = FailureThrottle(redis, config, clock, workers=2)
+        assert await stop_as_a_failure_wakes_the_flush(throttle), "close() hung"
+        window = int(clock() // config.window)
+        # close() shared what was left: the failure counts on the other workers.
+        assert int(await redis.get(count_key(window, CLIENT)) or 0) == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_the_flushes_stop_on_a_store_that_never_answers(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The same stop while the store accepts connections and answers nothing (a hung or
+    paused Redis): every flush blocks until the store's timeout. close() gives up its last
+    flush after one timeout, and says so."""
+    received = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(4096):
+            received.set()
+        writer.close()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    redis = connect(f"redis://127.0.0.1:{listener.sockets[0].getsockname()[1]}/0", 1.0)
+    try:
+        throttle = FailureThrottle(redis, BruteForceConfig(max_failures=30), workers=2)
+        with caplog.at_level(logging.INFO, "gateway.auth.throttle"):
+            assert await stop_as_a_failure_wakes_the_flush(throttle), "close() hung"
+        assert received.is_set()  # the last flush reached the store, which never answered
+        assert "brute-force counts not shared at shutdown" in caplog.text
+    finally:
+        await redis.aclose()
+        listener.close()
+        await listener.wait_closed()

@@ -11,9 +11,9 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config import IPNetwork
+from gateway.peers import is_trusted
 from gateway.proxy.headers import (
     client_response_pairs,
-    is_trusted,
     request_id_from,
     untrusted_drop,
     upstream_request_fields,
