@@ -175,7 +175,9 @@ async def check_master_key(master_key: MasterKeys | None, store: KeyStore) -> No
 
 
 async def _secret_box(config: Config, store: KeyStore) -> SecretBox | None:
-    master_key = load_master_key(config)
+    # The embedded store's master key exists from its first start (issue 17, item 9): a
+    # gateway started before the first HMAC key was made holds it already.
+    master_key = load_master_key(config, create=True)
     await check_master_key(master_key, store)
     return SecretBox(master_key) if master_key is not None else None
 

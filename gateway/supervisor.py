@@ -288,7 +288,7 @@ class Supervisor:
             await watch.check()  # says at once what is wrong with the store, if anything
             watch.start()
             stack.push_async_callback(watch.stop)
-            master_key = load_master_key(self.config)
+            master_key = load_master_key(self.config, create=True)  # see server._secret_box
             await check_master_key(master_key, store)
             # Workers join the store this process opened (and own no embedded server), and
             # get the master key however this process found it.

@@ -43,7 +43,6 @@ from redis.crc import key_slot
 
 from gateway.config import Config
 from gateway.errors import PoolExhausted, StoreError, StoreUnavailable
-from gateway.keys.secrets import load_master_key
 from gateway.store import cluster_asking
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.urls import StoreAddress, parse_store_url
@@ -360,10 +359,6 @@ async def open_redis(config: Config, *, role: str | None = None
     if url == "embedded":
         embedded = EmbeddedRedis(config.data_dir)
         url = await asyncio.to_thread(embedded.start)
-        if config.master_key is None:
-            # The embedded store's master key exists from its first start (issue 17, item 9):
-            # a gateway started before the first HMAC key was made holds it already.
-            await asyncio.to_thread(load_master_key, config, create=True)
     redis = connect(url, config.redis.timeout, pool_size=config.redis.pool_size, role=role)
     if isinstance(redis, RedisCluster):
         # Learn the slot map before any traffic: redis-py 8.1's cluster client, first used by
