@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.discovery import choose_data_dir
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.keys.masterkeys import (
     ORIGIN_ENV,
@@ -203,6 +204,8 @@ class Config:
     brute_force: BruteForceConfig = BruteForceConfig()
     routes: tuple[RouteConfig, ...] = ()
     data_dir: Path = Path(".gateway")
+    # How load_config placed data_dir (gateway/discovery.py); "given": as build_config read it.
+    data_dir_origin: str = "given"
     # GATEWAY_MASTER_KEY or GATEWAY_MASTER_KEY_FILE (see keys/masterkeys.py); None: the
     # embedded store's master.key, or no HMAC keys.
     master_key: MasterKeys | None = field(default=None, repr=False)
@@ -595,16 +598,20 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
                   master_key=master_key, log=log, digest=digest)
 
 
-def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
-    """Load the file named by `path` (else GATEWAY_CONFIG; else built-in defaults)."""
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None,
+                cwd: Path | None = None) -> Config:
+    """Load the file named by `path` (else GATEWAY_CONFIG; else built-in defaults), with the
+    data directory placed as gateway/discovery.py says, from `cwd` (default: the current
+    directory)."""
     env = env or {}
+    cwd = cwd or Path.cwd()
     if path is None:
         path = env.get("GATEWAY_CONFIG") or None
     if path is None:
-        return build_config({}, "<defaults>", env)
+        return _place_data_dir(build_config({}, "<defaults>", env), env, None, None, cwd)
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = (cwd / path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, [ConfigProblem("", f"cannot read: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:
@@ -619,4 +626,12 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [ConfigProblem("", f"{where}invalid YAML: {reason}")]) from None
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    return build_config(data, source, env, digest)
+    config = build_config(data, source, env, digest)
+    return _place_data_dir(config, env, (data or {}).get("data_dir"), Path(path), cwd)
+
+
+def _place_data_dir(config: Config, env: Mapping[str, str], file_value: str | None,
+                    config_file: Path | None, cwd: Path) -> Config:
+    # build_config took data_dir as written (GATEWAY_DATA_DIR first); this anchors it.
+    choice = choose_data_dir(env.get("GATEWAY_DATA_DIR") or None, file_value, config_file, cwd)
+    return replace(config, data_dir=choice.path, data_dir_origin=choice.origin)

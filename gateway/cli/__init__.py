@@ -13,8 +13,11 @@ from gateway.datadir import UMASK
 from gateway.errors import ConfigError, GatewayError
 
 from . import accounts, audit, keys, masterkey, sign
+from .common import log_new_store
 
-CONFIG_HELP = "YAML config file (default: $GATEWAY_CONFIG, else built-in defaults)."
+CONFIG_HELP = ("YAML config file (default: $GATEWAY_CONFIG, else built-in defaults). The store "
+               "is in $GATEWAY_DATA_DIR, else data_dir (relative to the file), else the nearest "
+               ".gateway here or above, else a new ./.gateway.")
 
 
 def _load(path: str | None) -> Config:
@@ -49,6 +52,7 @@ def run(config_path: str | None, workers: int | None, demo: bool,
     level = log_level or config.log.level
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_new_store(config)
     workers = workers or os.cpu_count() or 1
     # What this process and its workers create (metric files in the data directory) is
     # private, as the data directory is (gateway/datadir.py).

@@ -11,6 +11,7 @@ from .common import (
     LIST_PAGE,
     config_option,
     confirm,
+    init_option,
     json_option,
     with_service,
     yes_option,
@@ -29,11 +30,13 @@ def accounts() -> None:
 @click.option("--no-api-access", is_flag=True,
               help="Create without the api_access right (its keys will not work).")
 @json_option
+@init_option
 @config_option
 @with_service
 async def accounts_create(service: KeyService, name: str, no_api_access: bool,
                           as_json: bool) -> None:
-    """Create an account."""
+    """Create an account. The first one may start a new store: without a store found here or
+    above (or named by the config or GATEWAY_DATA_DIR), this asks first, or needs --init."""
     account = await service.create_account(name, api_access=not no_api_access)
     emit(account.public(), as_json)
 

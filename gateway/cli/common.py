@@ -3,24 +3,29 @@ the common options, and parsing of durations, times and confirmations.
 
 The commands work on the store the config names, so they also work while no gateway runs (the
 embedded Redis is started for the command, or joined when a gateway already runs it); running
-gateways see every change at once through the invalidation channel.
+gateways see every change at once through the invalidation channel. Which store that is, is
+found as gateway/discovery.py says; check_store keeps a command from making a new one by
+accident.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
 from redis.exceptions import RedisError
 
-from gateway.config import load_config, parse_duration
+from gateway.config import Config, load_config, parse_duration
+from gateway.discovery import DATA_DIR_NAME, FROM_ENV, NEW
 from gateway.errors import ConfigError, GatewayError, StoreUnavailable
 from gateway.keys.secrets import SecretBox, load_master_key
 from gateway.keys.service import KeyService
@@ -33,14 +38,68 @@ R = TypeVar("R")
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False),
-    help="Config naming the store (default: $GATEWAY_CONFIG, else the embedded store in "
-         "$GATEWAY_DATA_DIR or ./.gateway).")
+    help="Config naming the store (default: $GATEWAY_CONFIG, else built-in defaults). The "
+         "embedded store is in $GATEWAY_DATA_DIR, else the config's data_dir (relative to the "
+         "file), else the nearest .gateway here or above.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+# Marks the commands that may start a new store (with_service reads it): the others find nothing
+# in an empty one, so they never make one.
+init_option = click.option(
+    "--init", is_flag=True,
+    help="If no store is found here or above, create a new one in ./.gateway without asking.")
+
+
+class NoStore(click.ClickException):
+    """No store where the command looked, and none is made: exit 2, as for a usage error."""
+
+    exit_code = 2
+
+
+def check_store(config: Config, init: bool | None, cwd: Path) -> None:
+    """Before a command opens the embedded store: refuse or ask when its data directory does
+    not exist, so that no command makes a new, empty store by accident (issue 18, item 4).
+
+    `init` is None for a command without --init: it works on what a store holds, so it only
+    says none was found. A command with it (accounts create) makes the store when the config or
+    GATEWAY_DATA_DIR names it, with --init, or when the operator says yes at a terminal."""
+    if config.redis.url != "embedded" or config.data_dir.is_dir():
+        return
+    path = config.data_dir
+    if config.data_dir_origin != NEW:  # named by GATEWAY_DATA_DIR or the config's data_dir
+        named_by = ("GATEWAY_DATA_DIR" if config.data_dir_origin == FROM_ENV
+                    else f"data_dir of {config.source}")
+        if init is None:
+            raise NoStore(f"no gateway store at {path} ({named_by}); nothing was created. "
+                          "Correct the path, or start the store there with `gateway run` or "
+                          "`gateway accounts create NAME`.")
+    else:  # nothing named one, and the search from here up found none
+        where = f"no gateway store found in {cwd} or any directory above it"
+        other = ("name an existing store with --config or GATEWAY_CONFIG (or "
+                 f"GATEWAY_DATA_DIR), or run the command where its {DATA_DIR_NAME} is (or "
+                 "below)")
+        if init is None:
+            raise NoStore(f"{where}; nothing was created. To use a store, {other}; "
+                          f"`gateway accounts create --init NAME` starts a new one in {path}.")
+        if not init:
+            if not sys.stdin.isatty():
+                raise NoStore(f"{where}: pass --init to create a new one in {path}, or "
+                              f"{other}.")
+            click.confirm(f"No gateway store found here or above (searched from {cwd}). "
+                          f"Create a new one in {path}?", abort=True, err=True)
+    click.echo(f"Creating a new gateway store in {path}.", err=True)
+
+
+def log_new_store(config: Config) -> None:
+    """`gateway run` makes its store where none is: it says so (issue 18, item 4)."""
+    if config.redis.url == "embedded" and not config.data_dir.is_dir():
+        where = (" (none found from the current directory up)"
+                 if config.data_dir_origin == NEW else "")
+        logging.getLogger("gateway").info("creating a new store in %s%s", config.data_dir,
+                                          where)
 
 
 @asynccontextmanager
-async def _service(config_path: str | None) -> AsyncIterator[KeyService]:
-    config = load_config(config_path, os.environ)
+async def _service(config: Config) -> AsyncIterator[KeyService]:
     async with open_redis(config, role="cli") as (redis, _url):
         store = KeyStore(redis, confirm_replicas=config.redis.replicas_to_confirm,
                          confirm_timeout=config.redis.timeout / 2)
@@ -64,12 +123,17 @@ def with_service(func: Callable[..., Awaitable[None]]) -> Callable[..., None]:
 
     @functools.wraps(func)
     def wrapper(config_path: str | None, **kwargs: Any) -> None:
-        async def body() -> None:
-            async with _service(config_path) as service:
+        init: bool | None = kwargs.pop("init", None)  # None: the command has no --init
+
+        async def body(config: Config) -> None:
+            async with _service(config) as service:
                 await func(service, **kwargs)
 
         try:
-            asyncio.run(body())
+            cwd = Path.cwd()
+            config = load_config(config_path, os.environ, cwd)
+            check_store(config, init, cwd)
+            asyncio.run(body(config))
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
         except StoreUnavailable as exc:

@@ -41,12 +41,14 @@ def gateway_command(*args: str) -> list[str]:
 class GatewayProcess:
     def __init__(self, config_path: Path, port: int, admin_port: int,
                  env: dict[str, str] | None = None,
-                 extra_args: tuple[str, ...] = ("--workers", "1")) -> None:
+                 extra_args: tuple[str, ...] = ("--workers", "1"),
+                 cwd: Path | None = None) -> None:
         self.config_path = config_path
         self.port = port
         self.admin_port = admin_port
         self.env = {**os.environ, **(env or {})}
         self.extra_args = extra_args
+        self.cwd = cwd  # None: this process's
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = config_path.with_suffix(".log")
 
@@ -67,7 +69,8 @@ class GatewayProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             gateway_command("run", "--config", str(self.config_path), *self.extra_args),
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=self.cwd)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
