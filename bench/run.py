@@ -44,6 +44,12 @@ from bench.procs import (
 from gateway.client import sign_request
 from gateway.store.embedded import find_redis_server
 
+
+def bench_redis_server() -> str:
+    """The store the benchmark's gateway talks to: Debian's redis-server when installed (what
+    the earlier results were measured against), else the embedded store's own server."""
+    return shutil.which("redis-server") or find_redis_server()
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 VENV_BIN = Path(sys.executable).parent
@@ -164,7 +170,7 @@ class Stack:
 
     def redis(self, name: str) -> redis.Redis:
         sock = self.tmp / f"{name}.sock"
-        self.start(name, [find_redis_server(), "--port", "0", "--unixsocket", str(sock),
+        self.start(name, [bench_redis_server(), "--port", "0", "--unixsocket", str(sock),
                           "--save", "", "--appendonly", "no", "--dir", str(self.tmp)])
         client = redis.Redis(unix_socket_path=str(sock))
         deadline = time.monotonic() + 20
@@ -587,7 +593,7 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "kernel": platform.release(),
             "cpus": str(os.cpu_count()), "wrk": first_line(["wrk", "--version"]),
             "nginx": first_line(["nginx", "-v"]),
-            "redis": first_line([find_redis_server(), "--version"])}
+            "redis": first_line([bench_redis_server(), "--version"])}
 
 
 def main(argv: list[str] | None = None) -> int:
