@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -41,7 +43,8 @@ def gateway_command(*args: str) -> list[str]:
 class GatewayProcess:
     def __init__(self, config_path: Path, port: int, admin_port: int,
                  env: dict[str, str] | None = None,
-                 extra_args: tuple[str, ...] = ("--workers", "1")) -> None:
+                 extra_args: tuple[str, ...] = ("--workers", "1"),
+                 terminal: bool = False) -> None:
         self.config_path = config_path
         self.port = port
         self.admin_port = admin_port
@@ -49,6 +52,9 @@ class GatewayProcess:
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = config_path.with_suffix(".log")
+        # True: stdout is a terminal (a pty, copied into the log), as in `./scripts/run`.
+        self.terminal = terminal
+        self._copier: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -65,9 +71,19 @@ class GatewayProcess:
 
     def start(self, timeout: float = 20.0) -> GatewayProcess:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            gateway_command("run", "--config", str(self.config_path), *self.extra_args),
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if self.terminal:
+            terminal, stdout = pty.openpty()
+            self.process = subprocess.Popen(
+                gateway_command("run", "--config", str(self.config_path), *self.extra_args),
+                env=self.env, stdout=stdout, stderr=log, stdin=subprocess.DEVNULL)
+            os.close(stdout)
+            self._copier = threading.Thread(target=_copy, args=(terminal, self.log_path),
+                                            daemon=True)
+            self._copier.start()
+        else:
+            self.process = subprocess.Popen(
+                gateway_command("run", "--config", str(self.config_path), *self.extra_args),
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -95,6 +111,9 @@ class GatewayProcess:
             self.process.kill()
             code = self.process.wait()
         self.process = None
+        if self._copier is not None:
+            self._copier.join(5)
+            self._copier = None
         return code
 
     def memory_kib(self) -> dict[str, int]:
@@ -105,3 +124,18 @@ class GatewayProcess:
             if name in ("VmRSS", "VmHWM"):
                 fields[name] = int(value.split()[0])
         return fields
+
+
+def _copy(terminal: int, log_path: Path) -> None:
+    """What the gateway writes to its terminal, into the log, until it closes it."""
+    with log_path.open("ab") as log:
+        while True:
+            try:
+                data = os.read(terminal, 65536)
+            except OSError:  # EIO: the process closed its end
+                break
+            if not data:
+                break
+            log.write(data)
+            log.flush()
+    os.close(terminal)
