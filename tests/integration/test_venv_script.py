@@ -52,9 +52,12 @@ class Project:
         return self.bash(f'source scripts/_venv.sh "{extras}"', **env)
 
     def bash(self, script: str, **env: str) -> subprocess.CompletedProcess[str]:
+        # Not the suite's own VENV, PYTHON or GATEWAY_REINSTALL (`.ci/run` sets the first two).
+        base = {name: value for name, value in os.environ.items()
+                if name not in ("VENV", "PYTHON", "GATEWAY_REINSTALL")}
         return subprocess.run(["bash", "-c", script], cwd=self.path, capture_output=True,
                               text=True, timeout=30,
-                              env={**os.environ, "FAKE_PIP_CALLS": str(self.calls), **env})
+                              env={**base, "FAKE_PIP_CALLS": str(self.calls), **env})
 
     def all_calls(self) -> list[str]:
         """What pip and the tools were asked since the last look."""
