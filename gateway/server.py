@@ -107,7 +107,7 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
         stack.push_async_callback(usage.close)
 
         if demo:
-            for runner in await start_demo_upstreams():
+            for runner in await start_demo_upstreams(config):
                 stack.push_async_callback(runner.cleanup)
             await ensure_demo_key(store, config)
 

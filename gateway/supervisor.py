@@ -296,7 +296,7 @@ class Supervisor:
                 self.config, redis=replace(self.config.redis, url=redis_url),
                 master_key=master_key)
             if self.demo:
-                for runner in await start_demo_upstreams():
+                for runner in await start_demo_upstreams(self.config):
                     stack.push_async_callback(runner.cleanup)
                 await ensure_demo_key(store, self.config)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 
 import click
 
@@ -20,9 +21,9 @@ CONFIG_HELP = ("YAML config file (default: $GATEWAY_CONFIG, else built-in defaul
                ".gateway here or above, else a new ./.gateway.")
 
 
-def _load(path: str | None) -> Config:
+def _load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
     try:
-        return load_config(path, os.environ)
+        return load_config(path, os.environ if env is None else env)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -38,17 +39,39 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Worker processes sharing the proxy port (default: the number of CPUs). "
                    "With 1, everything runs in this one process.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="The proxy's port, over listen.port of the config (also: $GATEWAY_PORT).")
+@click.option("--admin-port", type=click.IntRange(0, 65535), default=None,
+              help="The admin listener's port, over admin.port of the config (also: "
+                   "$GATEWAY_ADMIN_PORT).")
 @click.option("--demo", is_flag=True,
-              help="Also serve the demo upstreams (functions, speech, vision, translate) on "
-                   "127.0.0.1:9101-9104, as config/gateway.example.yaml expects, and create a "
-                   "demo account and API key on the first start.")
+              help="Also serve a demo upstream (an echo) wherever a route points at a loopback "
+                   "address with a port, as config/gateway.example.yaml's routes do "
+                   "(127.0.0.1:9101-9104); create a demo account and API key on the first "
+                   "start; and with no admin token configured, use the one in the data "
+                   "directory's admin.token (made on the first start) for the web page.")
 @click.option("--log-level", default=None,
               type=click.Choice(["debug", "info", "warning", "error"]),
               help="Overrides log.level of the config (default: info).")
-def run(config_path: str | None, workers: int | None, demo: bool,
-        log_level: str | None) -> None:
+def run(config_path: str | None, workers: int | None, port: int | None,
+        admin_port: int | None, demo: bool, log_level: str | None) -> None:
     """Run the gateway. SIGHUP reloads the config; SIGTERM drains and stops."""
-    config = _load(config_path)
+    # The flags are environment overrides given on the command line: a reload reads the
+    # config again with this same mapping, so they keep holding.
+    env = dict(os.environ)
+    if port is not None:
+        env["GATEWAY_PORT"] = str(port)
+    if admin_port is not None:
+        env["GATEWAY_ADMIN_PORT"] = str(admin_port)
+    config = _load(config_path, env)
+    if demo and not config.admin.all_tokens():
+        from gateway.demo import demo_admin_token
+
+        try:
+            env["GATEWAY_ADMIN_TOKEN"] = demo_admin_token(config, show=sys.stdout.isatty())
+        except OSError as exc:
+            raise click.ClickException(f"cannot start: {exc}") from None
+        config = _load(config_path, env)
     level = log_level or config.log.level
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -61,7 +84,7 @@ def run(config_path: str | None, workers: int | None, demo: bool,
         if workers == 1:
             from gateway.server import run as run_server  # deferred: keeps `--help` fast
 
-            run_server(config, demo=demo, env=os.environ)
+            run_server(config, demo=demo, env=env)
         else:
             from gateway.supervisor import prepare_metrics_dir
 
@@ -69,7 +92,7 @@ def run(config_path: str | None, workers: int | None, demo: bool,
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prepare_metrics_dir(config))
             from gateway.supervisor import run_supervised
 
-            run_supervised(config, workers, env=os.environ, demo=demo, log_level=level)
+            run_supervised(config, workers, env=env, demo=demo, log_level=level)
     except GatewayError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # e.g. the port is taken

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -42,7 +44,7 @@ class GatewayProcess:
     def __init__(self, config_path: Path, port: int, admin_port: int,
                  env: dict[str, str] | None = None,
                  extra_args: tuple[str, ...] = ("--workers", "1"),
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, terminal: bool = False) -> None:
         self.config_path = config_path
         self.port = port
         self.admin_port = admin_port
@@ -51,6 +53,9 @@ class GatewayProcess:
         self.cwd = cwd  # None: this process's
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = config_path.with_suffix(".log")
+        # True: stdout is a terminal (a pty, copied into the log), as in `./scripts/run`.
+        self.terminal = terminal
+        self._copier: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -67,10 +72,20 @@ class GatewayProcess:
 
     def start(self, timeout: float = 20.0) -> GatewayProcess:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            gateway_command("run", "--config", str(self.config_path), *self.extra_args),
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=self.cwd)
+        if self.terminal:
+            terminal, stdout = pty.openpty()
+            self.process = subprocess.Popen(
+                gateway_command("run", "--config", str(self.config_path), *self.extra_args),
+                env=self.env, stdout=stdout, stderr=log, stdin=subprocess.DEVNULL, cwd=self.cwd)
+            os.close(stdout)
+            self._copier = threading.Thread(target=_copy, args=(terminal, self.log_path),
+                                            daemon=True)
+            self._copier.start()
+        else:
+            self.process = subprocess.Popen(
+                gateway_command("run", "--config", str(self.config_path), *self.extra_args),
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.cwd)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -98,6 +113,9 @@ class GatewayProcess:
             self.process.kill()
             code = self.process.wait()
         self.process = None
+        if self._copier is not None:
+            self._copier.join(5)
+            self._copier = None
         return code
 
     def memory_kib(self) -> dict[str, int]:
@@ -108,3 +126,18 @@ class GatewayProcess:
             if name in ("VmRSS", "VmHWM"):
                 fields[name] = int(value.split()[0])
         return fields
+
+
+def _copy(terminal: int, log_path: Path) -> None:
+    """What the gateway writes to its terminal, into the log, until it closes it."""
+    with log_path.open("ab") as log:
+        while True:
+            try:
+                data = os.read(terminal, 65536)
+            except OSError:  # EIO: the process closed its end
+                break
+            if not data:
+                break
+            log.write(data)
+            log.flush()
+    os.close(terminal)

@@ -1,5 +1,6 @@
 """A throwaway certificate authority and a server certificate for 127.0.0.1 and localhost, made
-with `cryptography`, for TLS tests against real servers."""
+with `cryptography`, for TLS tests against real servers. Valid under Python 3.13's strict
+verification (VERIFY_X509_STRICT, on by default): key usage on the CA, key identifiers."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ def make_server_certificate(directory: Path) -> ServerCertificate:
                .not_valid_before(now - datetime.timedelta(minutes=1))
                .not_valid_after(now + datetime.timedelta(days=1))
                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                            crl_sign=True, content_commitment=False,
+                                            key_encipherment=False, data_encipherment=False,
+                                            key_agreement=False, encipher_only=False,
+                                            decipher_only=False), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                              critical=False)
                .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
     names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
@@ -48,6 +56,10 @@ def make_server_certificate(directory: Path) -> ServerCertificate:
             .not_valid_before(now - datetime.timedelta(minutes=1))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            # Python 3.13 verifies strictly (VERIFY_X509_STRICT): a certificate its CA issued
+            # must name that CA's key.
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
     paths = ServerCertificate(directory / "ca.pem", directory / "server.pem",
                               directory / "server.key")

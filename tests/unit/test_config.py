@@ -379,6 +379,37 @@ def test_redis_url_override_invalid(url: str) -> None:
     assert "GATEWAY_REDIS_URL" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("data", "env", "expected"),
+    [
+        ({}, {"GATEWAY_PORT": "9000"}, (9000, 9090)),
+        ({}, {"GATEWAY_ADMIN_PORT": "9001"}, (8080, 9001)),
+        ({"listen": {"port": 8000}, "admin": {"port": 8001}},
+         {"GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9001"}, (9000, 9001)),
+        ({"listen": {"port": 8000}, "admin": {"port": 8001}}, {}, (8000, 8001)),
+        ({}, {"GATEWAY_PORT": "0", "GATEWAY_ADMIN_PORT": "65535"}, (0, 65535)),
+        # Empty: not set, as with the other variables.
+        ({"listen": {"port": 8000}}, {"GATEWAY_PORT": "", "GATEWAY_ADMIN_PORT": ""},
+         (8000, 9090)),
+    ],
+)
+def test_port_overrides(data: dict[str, Any], env: dict[str, str],
+                        expected: tuple[int, int]) -> None:
+    config = build_config(data, SOURCE, env)
+    assert (config.listen.port, config.admin.port) == expected
+
+
+@pytest.mark.parametrize("value", ["http", "-1", "65536", "80.0", " 80", "+80", "8_0", "٨٠",
+                                   "0x50"])
+def test_port_override_invalid(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"listen": {"port": 8000}}, SOURCE,
+                     {"GATEWAY_PORT": value, "GATEWAY_ADMIN_PORT": value})
+    assert [p.path for p in info.value.problems] == ["GATEWAY_PORT", "GATEWAY_ADMIN_PORT"]
+    message = str(info.value)
+    assert f"GATEWAY_PORT: {value!r} is not a port number (expected 0 to 65535)" in message
+
+
 # ---------------------------------------------------------------------------------------------
 # build_config: invalid documents
 # ---------------------------------------------------------------------------------------------
