@@ -77,6 +77,12 @@ def test_every_served_admin_route_is_documented_and_vice_versa() -> None:
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.filter_too_much])
 def test_the_api_conforms_to_its_document(case, admin_gateway) -> None:  # type: ignore[no-untyped-def]
+    # Framing headers belong to the HTTP client, not to the API: a generated
+    # `Transfer-Encoding: <junk>` is refused by aiohttp's parser (400 text/plain) before the
+    # admin API sees the request, which no operation of the document can describe.
+    for name in [name for name in (case.headers or {})
+                 if name.lower() in ("transfer-encoding", "content-length")]:
+        del case.headers[name]
     case.call_and_validate(
         base_url=admin_gateway.admin_url,
         headers={"Authorization": f"Bearer {TOKEN}"},
