@@ -131,6 +131,16 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusConfig:
+    """The status listener (issue 19): /healthz, /readyz and /metrics alone, no token, so
+    probes and scrapers reach the pod IP while the admin API stays on loopback. Off unless the
+    `status` section is given."""
+
+    host: str = "0.0.0.0"  # meant to be reachable, as the proxy listener is
+    port: int = 8100  # Kong's status_listen port
+
+
+@dataclass(frozen=True, slots=True)
 class RedisConfig:
     url: str = "embedded"
     timeout: float = 1.0  # bound on every store call; past it the store counts as unavailable
@@ -198,6 +208,7 @@ class Config:
     source: str = "<defaults>"
     listen: ListenConfig = ListenConfig()
     admin: AdminConfig = AdminConfig()
+    status: StatusConfig | None = None  # None: no status listener
     redis: RedisConfig = RedisConfig()
     keys: KeysConfig = KeysConfig()
     hmac: HmacConfig = HmacConfig()
@@ -219,6 +230,7 @@ class Config:
                  ("listen.port", self.listen.port, new.listen.port),
                  ("admin.host", self.admin.host, new.admin.host),
                  ("admin.port", self.admin.port, new.admin.port),
+                 ("status", self.status, new.status),
                  ("redis.url", self.redis.url, new.redis.url),
                  ("data_dir", self.data_dir, new.data_dir)]
         return [name for name, old, now in fixed if old != now]
@@ -479,6 +491,7 @@ def _master_key_file(value: str) -> MasterKeys:
 
 # Instances holding each section's defaults (a slotted dataclass's class attribute is a slot
 # descriptor, not the default value).
+_STATUS = StatusConfig()
 _LISTEN, _ADMIN, _REDIS, _KEYS, _HMAC = (ListenConfig(), AdminConfig(), RedisConfig(),
                                          KeysConfig(), HmacConfig())
 _BRUTE_FORCE = BruteForceConfig()
@@ -500,7 +513,7 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigProblem("", "expected a mapping at the top level")])
     reader.unknown(data, "", {"listen", "admin", "redis", "keys", "hmac", "brute_force",
-                              "routes", "data_dir", "log"})
+                              "routes", "data_dir", "log", "status"})
 
     raw = reader.section(data, "listen", {"host", "port", "trusted_proxies", "drain_timeout",
                                           "strip_headers"})
@@ -526,6 +539,15 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         token=reader.get(raw, "token", "admin.token", _string, None),
         tokens=reader.get(raw, "tokens", "admin.tokens", _admin_tokens, ()),
     )
+    status = None
+    if data.get("status") is not None:
+        raw = reader.section(data, "status", {"host", "port"})
+        status = StatusConfig(
+            host=reader.get(raw, "host", "status.host", _string, _STATUS.host),
+            port=reader.get(raw, "port", "status.port", _port, _STATUS.port),
+        )
+        if status.port != 0 and status.port in (admin.port, listen.port):
+            reader.problem("status.port", "must differ from listen.port and admin.port")
     raw = reader.section(data, "redis", {"url", "timeout", "pool_size", "idle_timeout",
                                          "confirm_replicas"})
     redis = RedisConfig(
@@ -607,8 +629,8 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
 
     if reader.problems:
         raise ConfigError(source, reader.problems)
-    return Config(source=source, listen=listen, admin=admin, redis=redis, keys=keys, hmac=hmac,
-                  brute_force=brute_force, routes=routes, data_dir=data_dir,
+    return Config(source=source, listen=listen, admin=admin, status=status, redis=redis,
+                  keys=keys, hmac=hmac, brute_force=brute_force, routes=routes, data_dir=data_dir,
                   master_key=master_key, log=log, digest=digest)
 
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import uvloop
 from aiohttp import web
 
-from gateway.admin.app import create_admin_app
+from gateway.admin.app import create_admin_app, create_status_app
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.throttle import BLOCKS, FailureThrottle
-from gateway.config import Config
+from gateway.config import Config, StatusConfig
 from gateway.demo import ensure_demo_key, start_demo_upstreams
 from gateway.errors import StoreError
 from gateway.keys.cache import InvalidationListener, KeyCache
@@ -53,6 +53,16 @@ class RunningGateway:
     listener: InvalidationListener
     reloader: ConfigReloader
     access_log: AccessLog
+    status_port: int | None = None  # None: no status listener in this process
+
+
+async def start_status_listener(status: StatusConfig, app: web.Application) -> web.AppRunner:
+    """The status listener, served by the process that serves the admin listener (the
+    supervisor under `--workers N`)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, status.host, status.port).start()
+    return runner
 
 
 def _bound_port(runner: web.BaseRunner) -> int:
@@ -144,7 +154,16 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
             await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
             admin_port = _bound_port(admin_runner)
 
+        status_port = None
+        if admin and config.status is not None:
+            status_runner = await start_status_listener(
+                config.status, create_status_app(store, lambda: handler.state.config,
+                                                 secret_box=secret_box, store_watch=watch))
+            stack.push_async_callback(status_runner.cleanup)
+            status_port = _bound_port(status_runner)
+
         yield RunningGateway(proxy_port=proxy_port, admin_port=admin_port,
+                             status_port=status_port,
                              redis_url=redis_url, redis=redis, handler=handler, cache=cache,
                              usage=usage, listener=listener, reloader=reloader,
                              access_log=access_log)
@@ -203,6 +222,9 @@ async def _main(config: Config, demo: bool, env: Mapping[str, str]) -> None:
     async with serve(config, demo=demo, env=env) as running:
         loop.add_signal_handler(signal.SIGHUP,
                                 lambda: asyncio.ensure_future(running.reloader.reload()))
+        if running.status_port is not None:
+            log.info("status listener (/healthz, /readyz, /metrics) on http://%s:%d",
+                     config.status.host if config.status else "", running.status_port)
         log.info("gateway listening on http://%s:%d (admin on http://%s:%d), key store %s",
                  config.listen.host, running.proxy_port, config.admin.host, running.admin_port,
                  "embedded" if config.redis.url == "embedded" else "external")

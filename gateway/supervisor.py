@@ -256,12 +256,12 @@ class Supervisor:
             worker.conn.close()
 
     async def run(self) -> None:
-        from gateway.admin.app import create_admin_app
+        from gateway.admin.app import create_admin_app, create_status_app
         from gateway.demo import ensure_demo_key, start_demo_upstreams
         from gateway.keys.secrets import SecretBox, load_master_key
         from gateway.keys.store import KeyStore
         from gateway.reload import ConfigReloader
-        from gateway.server import check_master_key, migrate_layout
+        from gateway.server import check_master_key, migrate_layout, start_status_listener
         from gateway.store.client import open_redis, set_process_role
         from gateway.store.watch import StoreWatch
 
@@ -315,6 +315,17 @@ class Supervisor:
             stack.push_async_callback(admin_runner.cleanup)
             await web.TCPSite(admin_runner, self.config.admin.host,
                               self.config.admin.port).start()
+            if self.config.status is not None:
+                status_runner = await start_status_listener(
+                    self.config.status,
+                    create_status_app(store, lambda: self.config,
+                                      metrics_dir=metrics_dir(self.config),
+                                      readiness=self.readiness,
+                                      secret_box=SecretBox(master_key) if master_key else None,
+                                      store_watch=watch))
+                stack.push_async_callback(status_runner.cleanup)
+                log.info("status listener (/healthz, /readyz, /metrics) on http://%s:%d",
+                         self.config.status.host, self.config.status.port)
 
             for slot in range(self.count):
                 self._spawn(slot)

@@ -4,7 +4,7 @@ and the admin web page at `/ui/`: static files from `ui/` under a strict Content
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -31,36 +31,47 @@ from gateway.reload import ConfigReloader
 from gateway.store.watch import StoreWatch
 
 log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
+async def readiness_report(app: web.Application) -> tuple[int, dict[str, object]]:
     """Ready when the store answers and can take writes (a demoted master, a cluster with a
     slot uncovered, a pool that stays exhausted: not ready) and every worker is up. The store's
     risky settings are listed as warnings either way."""
-    config = request.app[CONFIG_KEY]()
-    health = await request.app[STORE_WATCH_KEY].check()
-    address = request.app[STORE_KEY].redis.address
+    config = app[CONFIG_KEY]()
+    health = await app[STORE_WATCH_KEY].check()
+    address = app[STORE_KEY].redis.address
     store = {"store": address.describe() if address is not None else "unknown",
              "warnings": list(health.warnings)}
     if not health.writable:
-        return web.json_response({"status": "unavailable",
-                                  "reason": f"key store unavailable: {health.reason}",
-                                  **store}, status=503)
-    readiness = request.app[READINESS_KEY]
+        return 503, {"status": "unavailable",
+                     "reason": f"key store unavailable: {health.reason}", **store}
+    readiness = app[READINESS_KEY]
     not_ready = readiness() if readiness is not None else None
     if not_ready is None:
         # The master key opens the stored HMAC secrets (issue 17, item 9).
-        not_ready = await master_key_problem(request.app[SECRET_BOX_KEY], request.app[STORE_KEY])
+        not_ready = await master_key_problem(app[SECRET_BOX_KEY], app[STORE_KEY])
     if not_ready is not None:
-        return web.json_response({"status": "unavailable", "reason": not_ready, **store},
-                                 status=503)
-    return web.json_response({"status": "ready", "config": config.source,
-                              "config_hash": config.digest, "routes": len(config.routes),
-                              **store})
+        return 503, {"status": "unavailable", "reason": not_ready, **store}
+    return 200, {"status": "ready", "config": config.source, "config_hash": config.digest,
+                 "routes": len(config.routes), **store}
+
+
+async def readyz(request: web.Request) -> web.Response:
+    status, body = await readiness_report(request.app)
+    return web.json_response(body, status=status)
+
+
+async def status_readyz(request: web.Request) -> web.Response:
+    """The status listener's /readyz: the verdict alone. The admin listener's body names the
+    store's address, the config file's path and the causes of a failure (an address, a
+    master-key problem), which are for operators, not for whoever reaches the pod IP."""
+    status, body = await readiness_report(request.app)
+    return web.json_response({"status": body["status"]}, status=status)
 
 
 async def _check_master_key(app: web.Application) -> None:
@@ -125,14 +136,10 @@ STORE_WATCH_KEY: web.AppKey[StoreWatch] = web.AppKey("store_watch")
 UI_FILES_KEY: web.AppKey[dict[str, tuple[bytes, str]]] = web.AppKey("ui_files")
 
 
-def create_admin_app(store: KeyStore, config: Callable[[], Config],
-                     reloader: ConfigReloader | None = None,
-                     metrics_dir: Path | None = None,
-                     readiness: Callable[[], str | None] | None = None,
-                     secret_box: SecretBox | None = None,
-                     proxy_port: int | None = None,
-                     store_watch: StoreWatch | None = None) -> web.Application:
-    app = web.Application(middlewares=[admin_middleware], client_max_size=64 * 1024)
+def _probe_state(app: web.Application, store: KeyStore, config: Callable[[], Config],
+                 metrics_dir: Path | None, readiness: Callable[[], str | None] | None,
+                 secret_box: SecretBox | None, store_watch: StoreWatch | None) -> None:
+    """What /healthz, /readyz and /metrics read, on either listener."""
     app[STORE_KEY] = store
     # The process's own watch when it runs one; else one for /readyz's checks alone.
     if store_watch is None and store is not None:
@@ -141,10 +148,43 @@ def create_admin_app(store: KeyStore, config: Callable[[], Config],
     if store_watch is not None:
         app[STORE_WATCH_KEY] = store_watch
     app[CONFIG_KEY] = config
-    app[RELOADER_KEY] = reloader
     app[METRICS_DIR_KEY] = metrics_dir
     app[READINESS_KEY] = readiness
     app[SECRET_BOX_KEY] = secret_box  # to create HMAC keys; None without a master key
+
+
+@web.middleware
+async def _nosniff(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def create_status_app(store: KeyStore, config: Callable[[], Config],
+                      metrics_dir: Path | None = None,
+                      readiness: Callable[[], str | None] | None = None,
+                      secret_box: SecretBox | None = None,
+                      store_watch: StoreWatch | None = None) -> web.Application:
+    """The status listener (issue 19): the probes and the scrape alone, without a token, as
+    Kong's status_listen. Every other path is a 404; no request body is read."""
+    app = web.Application(middlewares=[_nosniff], client_max_size=1024)
+    _probe_state(app, store, config, metrics_dir, readiness, secret_box, store_watch)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", status_readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def create_admin_app(store: KeyStore, config: Callable[[], Config],
+                     reloader: ConfigReloader | None = None,
+                     metrics_dir: Path | None = None,
+                     readiness: Callable[[], str | None] | None = None,
+                     secret_box: SecretBox | None = None,
+                     proxy_port: int | None = None,
+                     store_watch: StoreWatch | None = None) -> web.Application:
+    app = web.Application(middlewares=[admin_middleware], client_max_size=64 * 1024)
+    _probe_state(app, store, config, metrics_dir, readiness, secret_box, store_watch)
+    app[RELOADER_KEY] = reloader
     app[OPENAPI_KEY] = openapi_document()
     app[PROXY_PORT_KEY] = proxy_port  # for the page's example requests
     app[UI_FILES_KEY] = ui_files()
