@@ -208,6 +208,15 @@ class Supervisor:
                     if w is not None and w.ready and w.process.is_alive())
         return None if ready == self.count else f"{ready} of {self.count} workers ready"
 
+    def process_ids(self) -> dict[str, int]:
+        """This process and its live workers, by name (for process_* in /metrics)."""
+        found = {"supervisor": os.getpid()}
+        for slot, worker in enumerate(self.workers):
+            if worker is not None and worker.process.pid is not None \
+                    and worker.process.is_alive():
+                found[f"worker-{slot}"] = worker.process.pid
+        return found
+
     async def _apply(self, new: Config) -> None:
         self.config = new
         self.worker_config = replace(new, redis=self.worker_config.redis,
@@ -309,7 +318,7 @@ class Supervisor:
                                  readiness=self.readiness,
                                  secret_box=SecretBox(master_key) if master_key else None,
                                  proxy_port=self.config.listen.port or None,
-                                 store_watch=watch),
+                                 store_watch=watch, processes=self.process_ids),
                 access_log=None)
             await admin_runner.setup()
             stack.push_async_callback(admin_runner.cleanup)
@@ -322,7 +331,7 @@ class Supervisor:
                                       metrics_dir=metrics_dir(self.config),
                                       readiness=self.readiness,
                                       secret_box=SecretBox(master_key) if master_key else None,
-                                      store_watch=watch))
+                                      store_watch=watch, processes=self.process_ids))
                 stack.push_async_callback(status_runner.cleanup)
                 log.info("status listener (/healthz, /readyz, /metrics) on http://%s:%d",
                          self.config.status.host, self.config.status.port)

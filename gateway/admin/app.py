@@ -4,7 +4,7 @@ and the admin web page at `/ui/`: static files from `ui/` under a strict Content
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -82,7 +82,7 @@ async def _check_master_key(app: web.Application) -> None:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body, content_type = render(request.app[METRICS_DIR_KEY])
+    body, content_type = render(request.app[METRICS_DIR_KEY], request.app[PROCESSES_KEY])
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response
@@ -132,13 +132,16 @@ async def ui_file(request: web.Request) -> web.Response:
 OPENAPI_KEY: web.AppKey[dict[str, object]] = web.AppKey("openapi")
 METRICS_DIR_KEY: web.AppKey[Path | None] = web.AppKey("metrics_dir")
 READINESS_KEY: web.AppKey[Callable[[], str | None] | None] = web.AppKey("readiness")
+# Under --workers N: the supervisor's and every live worker's pid, by name, for process_*.
+PROCESSES_KEY: web.AppKey[Callable[[], Mapping[str, int]] | None] = web.AppKey("processes")
 STORE_WATCH_KEY: web.AppKey[StoreWatch] = web.AppKey("store_watch")
 UI_FILES_KEY: web.AppKey[dict[str, tuple[bytes, str]]] = web.AppKey("ui_files")
 
 
 def _probe_state(app: web.Application, store: KeyStore, config: Callable[[], Config],
                  metrics_dir: Path | None, readiness: Callable[[], str | None] | None,
-                 secret_box: SecretBox | None, store_watch: StoreWatch | None) -> None:
+                 secret_box: SecretBox | None, store_watch: StoreWatch | None,
+                 processes: Callable[[], Mapping[str, int]] | None) -> None:
     """What /healthz, /readyz and /metrics read, on either listener."""
     app[STORE_KEY] = store
     # The process's own watch when it runs one; else one for /readyz's checks alone.
@@ -151,6 +154,7 @@ def _probe_state(app: web.Application, store: KeyStore, config: Callable[[], Con
     app[METRICS_DIR_KEY] = metrics_dir
     app[READINESS_KEY] = readiness
     app[SECRET_BOX_KEY] = secret_box  # to create HMAC keys; None without a master key
+    app[PROCESSES_KEY] = processes
 
 
 @web.middleware
@@ -164,11 +168,14 @@ def create_status_app(store: KeyStore, config: Callable[[], Config],
                       metrics_dir: Path | None = None,
                       readiness: Callable[[], str | None] | None = None,
                       secret_box: SecretBox | None = None,
-                      store_watch: StoreWatch | None = None) -> web.Application:
+                      store_watch: StoreWatch | None = None,
+                      processes: Callable[[], Mapping[str, int]] | None = None
+                      ) -> web.Application:
     """The status listener (issue 19): the probes and the scrape alone, without a token, as
     Kong's status_listen. Every other path is a 404; no request body is read."""
     app = web.Application(middlewares=[_nosniff], client_max_size=1024)
-    _probe_state(app, store, config, metrics_dir, readiness, secret_box, store_watch)
+    _probe_state(app, store, config, metrics_dir, readiness, secret_box, store_watch,
+                 processes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", status_readyz)
     app.router.add_get("/metrics", metrics)
@@ -181,9 +188,12 @@ def create_admin_app(store: KeyStore, config: Callable[[], Config],
                      readiness: Callable[[], str | None] | None = None,
                      secret_box: SecretBox | None = None,
                      proxy_port: int | None = None,
-                     store_watch: StoreWatch | None = None) -> web.Application:
+                     store_watch: StoreWatch | None = None,
+                     processes: Callable[[], Mapping[str, int]] | None = None
+                     ) -> web.Application:
     app = web.Application(middlewares=[admin_middleware], client_max_size=64 * 1024)
-    _probe_state(app, store, config, metrics_dir, readiness, secret_box, store_watch)
+    _probe_state(app, store, config, metrics_dir, readiness, secret_box, store_watch,
+                 processes)
     app[RELOADER_KEY] = reloader
     app[OPENAPI_KEY] = openapi_document()
     app[PROXY_PORT_KEY] = proxy_port  # for the page's example requests

@@ -7,18 +7,25 @@ supervisor gives its workers), and `/metrics` aggregates them into one view.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    PLATFORM_COLLECTOR,
     REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # From sub-millisecond (a cached key check answered by the gateway itself) to tens of seconds
 # (a slow upstream or a large upload).
@@ -63,14 +70,71 @@ def method_label(method: str) -> str:
     return method if method in METHODS else "OTHER"
 
 
-def render(multiprocess_dir: Path | None) -> tuple[bytes, str]:
-    """The text exposition: this process's registry, or every worker's files aggregated."""
+def gateway_version() -> str:
+    try:
+        return importlib.metadata.version("api-auth-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
+class BuildInfo(Collector):
+    """`gateway_build_info{version, python}` = 1: which build answers, for joins in queries."""
+
+    def __init__(self) -> None:
+        self.labels = [gateway_version(), platform.python_version()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("gateway_build_info", "The gateway's version (always 1)",
+                                   labels=["version", "python"])
+        family.add_metric(self.labels, 1)
+        yield family
+
+
+BUILD_INFO = BuildInfo()
+REGISTRY.register(BUILD_INFO)
+# One process: the default registry already holds prometheus-client's process_* (CPU, memory,
+# open files, start time), python_info and python_gc_* collectors.
+
+
+class ProcessesCollector(Collector):
+    """process_* for each of several processes, told apart by a `process` label (`supervisor`,
+    `worker-0` ...). prometheus-client's ProcessCollector reads /proc for one pid and knows
+    nothing of multiprocess mode, where a worker's files carry only the metrics it wrote: the
+    supervisor reads its workers' /proc entries instead."""
+
+    def __init__(self, processes: Callable[[], Mapping[str, int]]) -> None:
+        self.processes = processes
+
+    def collect(self) -> Iterable[Metric]:
+        merged: dict[str, Metric] = {}
+        for name, pid in self.processes().items():
+            reader = ProcessCollector(pid=lambda pid=pid: pid, registry=None)  # type: ignore[misc]
+            for family in reader.collect():
+                out = merged.get(family.name)
+                if out is None:
+                    out = merged[family.name] = Metric(family.name, family.documentation,
+                                                       family.type)
+                for sample in family.samples:
+                    out.add_sample(sample.name, {**sample.labels, "process": name},
+                                   sample.value)
+        yield from merged.values()
+
+
+def render(multiprocess_dir: Path | None,
+           processes: Callable[[], Mapping[str, int]] | None = None) -> tuple[bytes, str]:
+    """The text exposition: this process's registry, or every worker's files aggregated (plus,
+    read at scrape time: the build, the interpreter, and process_* of every process named by
+    `processes`)."""
     if multiprocess_dir is None:
         from gateway.observability.tally import TALLY  # here: tally imports this module
         TALLY.flush()  # this process's batched counts, so a scrape sees every request
         return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
+    registry.register(BUILD_INFO)
+    registry.register(PLATFORM_COLLECTOR)  # python_info: the workers run the same interpreter
+    if processes is not None:
+        registry.register(ProcessesCollector(processes))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 # Brute-force protection (gateway.auth.throttle): requests refused with 429 because their client

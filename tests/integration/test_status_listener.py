@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.observability.metrics import gateway_version
 from tests.conftest import GatewayUnderTest, make_config
 from tests.integration.test_process_model import (
     ADMIN_TOKEN,
@@ -93,3 +95,53 @@ def listening_sockets(port: int) -> set[str]:
 
 def open_files(pid: int) -> set[str]:
     return {str(fd.readlink()) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+
+
+def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+async def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+        assert response.status == 200
+        return samples(await response.text())
+
+
+async def test_build_and_runtime_metrics_in_one_process(
+        redis_clean: RedisServer, start_gateway: Any) -> None:
+    config = make_config(redis_clean.url, [], status={"host": "127.0.0.1", "port": 0})
+    gateway: GatewayUnderTest = await start_gateway(config)
+    for url in (gateway.admin_url, f"http://127.0.0.1:{gateway.running.status_port}"):
+        found = await scrape(url)
+        [(labels, value)] = found["gateway_build_info"]
+        assert value == 1 and labels["version"] == gateway_version() != "unknown"
+        assert labels["python"].count(".") == 2
+        assert found["process_resident_memory_bytes"][0][1] > 10_000_000
+        assert found["process_open_fds"][0][1] > 5
+        assert found["process_start_time_seconds"][0][1] > 1_600_000_000
+        assert "python_info" in found
+        assert {labels["generation"] for labels, _ in
+                found["python_gc_collections_total"]} == {"0", "1", "2"}
+
+
+async def test_build_and_per_process_metrics_under_workers(
+        redis_clean: RedisServer, serve_app: Any, launch: Any) -> None:
+    upstream = await serve_app(echo_app("one"))
+    status_port = free_port()
+    gateway = await launch(redis_clean.url, [route("one", str(upstream.make_url("")))],
+                           status={"host": "127.0.0.1", "port": status_port})
+    for url in (gateway.admin_url, f"http://127.0.0.1:{status_port}"):
+        found = await scrape(url)
+        [(labels, value)] = found["gateway_build_info"]
+        assert value == 1 and labels["version"] == gateway_version()
+        assert "python_info" in found
+        # process_* of the supervisor and of each worker, told apart by `process`.
+        memory = {labels["process"]: value
+                  for labels, value in found["process_resident_memory_bytes"]}
+        assert set(memory) == {"supervisor", "worker-0", "worker-1"}
+        assert all(value > 10_000_000 for value in memory.values())
+        assert len({labels["process"] for labels, _ in found["process_cpu_seconds_total"]}) == 3
