@@ -37,7 +37,8 @@ def main() -> None:
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Worker processes sharing the proxy port (default: the number of CPUs). "
+              help="Worker processes sharing the proxy port (default: the CPUs this process may "
+                   "use: the affinity mask, capped by the cgroup CPU quota, rounded up). "
                    "With 1, everything runs in this one process.")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="The proxy's port, over listen.port of the config (also: $GATEWAY_PORT).")
@@ -76,7 +77,15 @@ def run(config_path: str | None, workers: int | None, port: int | None,
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log_new_store(config)
-    workers = workers or os.cpu_count() or 1
+    if not workers:
+        from gateway.cpus import detect_limits
+
+        limits = detect_limits()
+        workers = limits.workers
+        logging.getLogger("gateway").info(
+            "%d workers by default: %d CPUs in the affinity mask, cgroup CPU quota %s "
+            "(--workers N to choose)", workers, limits.affinity,
+            "none" if limits.quota is None else f"{limits.quota} CPUs")
     # What this process and its workers create (metric files in the data directory) is
     # private, as the data directory is (gateway/datadir.py).
     os.umask(UMASK)
