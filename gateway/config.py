@@ -141,6 +141,14 @@ class StatusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ShutdownConfig:
+    # On SIGTERM (or SIGINT), how long to keep serving, with /readyz at 503, before the
+    # listener closes and requests drain: the time a load balancer or Kubernetes takes to stop
+    # sending new connections. 0 (the default): close at once, as outside a cluster one wants.
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class RedisConfig:
     url: str = "embedded"
     timeout: float = 1.0  # bound on every store call; past it the store counts as unavailable
@@ -209,6 +217,7 @@ class Config:
     listen: ListenConfig = ListenConfig()
     admin: AdminConfig = AdminConfig()
     status: StatusConfig | None = None  # None: no status listener
+    shutdown: ShutdownConfig = ShutdownConfig()
     redis: RedisConfig = RedisConfig()
     keys: KeysConfig = KeysConfig()
     hmac: HmacConfig = HmacConfig()
@@ -513,7 +522,7 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigProblem("", "expected a mapping at the top level")])
     reader.unknown(data, "", {"listen", "admin", "redis", "keys", "hmac", "brute_force",
-                              "routes", "data_dir", "log", "status"})
+                              "routes", "data_dir", "log", "status", "shutdown"})
 
     raw = reader.section(data, "listen", {"host", "port", "trusted_proxies", "drain_timeout",
                                           "strip_headers"})
@@ -548,6 +557,9 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         )
         if status.port != 0 and status.port in (admin.port, listen.port):
             reader.problem("status.port", "must differ from listen.port and admin.port")
+    raw = reader.section(data, "shutdown", {"delay"})
+    shutdown = ShutdownConfig(
+        delay=reader.get(raw, "delay", "shutdown.delay", parse_duration, 0.0))
     raw = reader.section(data, "redis", {"url", "timeout", "pool_size", "idle_timeout",
                                          "confirm_replicas"})
     redis = RedisConfig(
@@ -629,7 +641,8 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
 
     if reader.problems:
         raise ConfigError(source, reader.problems)
-    return Config(source=source, listen=listen, admin=admin, status=status, redis=redis,
+    return Config(source=source, listen=listen, admin=admin, status=status,
+                  shutdown=shutdown, redis=redis,
                   keys=keys, hmac=hmac, brute_force=brute_force, routes=routes, data_dir=data_dir,
                   master_key=master_key, log=log, digest=digest)
 

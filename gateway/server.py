@@ -12,7 +12,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import uvloop
 from aiohttp import web
@@ -41,6 +41,17 @@ log = logging.getLogger(__name__)
 GC_YOUNG_THRESHOLD = 20_000
 
 
+class ShutdownPhase:
+    """SIGTERM's first phase (issue 19): still serving, but /readyz says 503 so that load
+    balancers and Kubernetes stop sending new connections before the listener closes."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def readiness(self) -> str | None:
+        return "shutting down" if self.started else None
+
+
 @dataclass(frozen=True, slots=True)
 class RunningGateway:
     proxy_port: int
@@ -54,6 +65,7 @@ class RunningGateway:
     reloader: ConfigReloader
     access_log: AccessLog
     status_port: int | None = None  # None: no status listener in this process
+    shutdown: ShutdownPhase = field(default_factory=ShutdownPhase)
 
 
 async def start_status_listener(status: StatusConfig, app: web.Application) -> web.AppRunner:
@@ -142,10 +154,12 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
         stack.push_async_callback(
             lambda: proxy_server.close(handler.state.config.listen.drain_timeout))
 
+        shutdown = ShutdownPhase()
         admin_port = None
         if admin:
             admin_runner = web.AppRunner(
                 create_admin_app(store, lambda: handler.state.config, reloader,
+                                 readiness=shutdown.readiness,
                                  secret_box=secret_box, proxy_port=proxy_port,
                                  store_watch=watch),
                 access_log=None)
@@ -158,12 +172,13 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
         if admin and config.status is not None:
             status_runner = await start_status_listener(
                 config.status, create_status_app(store, lambda: handler.state.config,
+                                                 readiness=shutdown.readiness,
                                                  secret_box=secret_box, store_watch=watch))
             stack.push_async_callback(status_runner.cleanup)
             status_port = _bound_port(status_runner)
 
         yield RunningGateway(proxy_port=proxy_port, admin_port=admin_port,
-                             status_port=status_port,
+                             status_port=status_port, shutdown=shutdown,
                              redis_url=redis_url, redis=redis, handler=handler, cache=cache,
                              usage=usage, listener=listener, reloader=reloader,
                              access_log=access_log)
@@ -230,6 +245,11 @@ async def _main(config: Config, demo: bool, env: Mapping[str, str]) -> None:
                  "embedded" if config.redis.url == "embedded" else "external")
         settle_heap()
         await stop.wait()
+        delay = running.handler.state.config.shutdown.delay
+        if delay > 0:
+            running.shutdown.started = True
+            log.info("stopping: serving %.3g s more with /readyz at 503 (shutdown.delay)", delay)
+            await asyncio.sleep(delay)
         log.info("stopping: draining requests in flight")
     log.info("stopped")
 

@@ -29,12 +29,16 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvloop
 from aiohttp import web
 
 from gateway.config import Config
 from gateway.datadir import private_dir
+
+if TYPE_CHECKING:
+    from gateway.server import RunningGateway  # imported at run time in the worker only
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +108,7 @@ def _worker_main(config: Config, conn: multiprocessing.connection.Connection,
     # decides what they mean (stop, reload) and tells the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    lifeline = _Lifeline(config.listen.drain_timeout + EXIT_GRACE)
+    lifeline = _Lifeline(config.listen.drain_timeout + config.shutdown.delay + EXIT_GRACE)
     lifeline.start()
     uvloop.run(_worker(config, conn, workers, lifeline))
 
@@ -119,28 +123,45 @@ async def _worker(config: Config, conn: multiprocessing.connection.Connection,
     main = asyncio.current_task()
     stop = asyncio.Event()
     serving = False
+    live: RunningGateway | None = None
+    delayed = False
 
     def on_stop() -> None:
-        stop.set()
-        if not serving and main is not None:
-            main.cancel()
+        nonlocal delayed
+        if not serving or live is None:
+            stop.set()
+            if main is not None:
+                main.cancel()
+            return
+        if stop.is_set() or delayed:
+            return  # already on its way (the signal comes from the supervisor and the group)
+        delay = live.handler.state.config.shutdown.delay  # as reloaded
+        if delay <= 0:
+            stop.set()
+            return
+        # Keep serving while load balancers notice the supervisor's /readyz at 503.
+        delayed = True
+        log.info("stopping in %.3g s (shutdown.delay)", delay)
+        loop.call_later(delay, stop.set)
 
     loop.add_signal_handler(signal.SIGTERM, on_stop)
     try:
         async with serve(config, admin=False, reuse_port=True, workers=workers) as running:
             serving = True
+            live = running
 
             def on_message() -> None:
                 try:
                     kind, payload = conn.recv()
                 except (EOFError, OSError):
                     loop.remove_reader(conn.fileno())
-                    on_stop()  # the supervisor is gone
+                    stop.set()  # the supervisor is gone: no one to say "not ready", no delay
                     return
                 if kind == "reload":
                     running.handler.reload(payload)
                     if lifeline is not None:
-                        lifeline.grace = payload.listen.drain_timeout + EXIT_GRACE
+                        lifeline.grace = (payload.listen.drain_timeout
+                                          + payload.shutdown.delay + EXIT_GRACE)
                     log.info("config %s applied", payload.digest)
 
             loop.add_reader(conn.fileno(), on_message)
@@ -204,6 +225,8 @@ class Supervisor:
 
     def readiness(self) -> str | None:
         """Why the proxy cannot serve yet, or None when every worker is up."""
+        if self.stopping:
+            return "shutting down"
         ready = sum(1 for w in self.workers
                     if w is not None and w.ready and w.process.is_alive())
         return None if ready == self.count else f"{ready} of {self.count} workers ready"
@@ -253,7 +276,8 @@ class Supervisor:
         for worker in alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.process.pid or 0, signal.SIGTERM)
-        deadline = time.monotonic() + self.config.listen.drain_timeout + STOP_GRACE
+        deadline = (time.monotonic() + self.config.shutdown.delay
+                    + self.config.listen.drain_timeout + STOP_GRACE)
         for worker in alive:
             await asyncio.to_thread(worker.process.join, max(deadline - time.monotonic(), 0.1))
             if worker.process.is_alive():
@@ -344,7 +368,11 @@ class Supervisor:
                      "http://%s:%d)", self.config.listen.host, self.config.listen.port,
                      self.count, self.config.admin.host, self.config.admin.port)
             await stop.wait()
-            log.info("stopping: workers drain requests in flight")
+            if self.config.shutdown.delay > 0:
+                log.info("stopping: /readyz at 503; workers serve %.3g s more "
+                         "(shutdown.delay), then drain", self.config.shutdown.delay)
+            else:
+                log.info("stopping: workers drain requests in flight")
             self.stopping = True
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
