@@ -705,3 +705,14 @@ def test_load_config_validation_error_names_file_and_field(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as info:
         load_config(path, {})
     assert f"{path}: routes[1].upstream: " in str(info.value)
+
+
+def test_the_status_listener_needs_a_restart_and_the_shutdown_delay_does_not() -> None:
+    before = build_config({}, "<test>")
+    with_status = build_config({"status": {"port": 8100}}, "<test>")
+    moved = build_config({"status": {"port": 8101}}, "<test>")
+    delayed = build_config({"shutdown": {"delay": "5s"}}, "<test>")
+    assert before.restart_needed_for(with_status) == ["status"]
+    assert with_status.restart_needed_for(moved) == ["status"]
+    assert with_status.restart_needed_for(with_status) == []
+    assert before.restart_needed_for(delayed) == []
