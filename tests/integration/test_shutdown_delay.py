@@ -22,6 +22,7 @@ from tests.integration.test_process_model import (
     launch_fixture,  # noqa: F401 (registers the `launch` fixture here)
     route,
     short_dir_fixture,  # noqa: F401 (registers the `short_dir` fixture here)
+    worker_pids,
 )
 from tests.support.redis_server import RedisServer, free_port
 
@@ -33,10 +34,13 @@ async def status_of(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]
         return response.status, await response.json()
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("workers", "to_group"), [(1, False), (2, False), (2, True)],
+                         ids=["one-process", "workers", "workers-signalled-as-a-group"])
 async def test_sigterm_keeps_serving_for_the_delay_with_readyz_at_503(
         redis_clean: RedisServer, key_service: KeyService, serve_app: Any, launch: Any,
-        workers: int) -> None:
+        workers: int, to_group: bool) -> None:
+    """`to_group`: the workers get SIGTERM too, at the same moment, as from systemd's default
+    KillMode=control-group; each still waits out the delay once."""
     upstream = await serve_app(echo_app("one"))
     _, secret, _ = await new_key(key_service, ("svc.use",))
     status_port = free_port()
@@ -48,7 +52,10 @@ async def test_sigterm_keeps_serving_for_the_delay_with_readyz_at_503(
     async with fresh_session() as session:
         assert (await status_of(session, status_url + "/readyz"))[0] == 200
 
-        os.kill(gateway.pid, signal.SIGTERM)
+        targets = [gateway.pid, *(worker_pids(gateway.pid) if to_group else ())]
+        assert len(targets) == (3 if to_group else 1)
+        for pid in targets:
+            os.kill(pid, signal.SIGTERM)
         signalled = time.monotonic()
         proxied: Counter[int] = Counter()
         ready: Counter[int] = Counter()
