@@ -13,7 +13,12 @@ import pytest
 import yaml
 
 from gateway.discovery import find_data_dir
-from tests.support.processes import GatewayProcess, gateway_command, write_config
+from tests.support.processes import (
+    GatewayProcess,
+    cli_with_terminal,
+    gateway_command,
+    write_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,25 +40,7 @@ def cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def cli_tty(cwd: Path, answer: str, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI in `cwd` with a terminal as stdin, `answer` typed into it."""
-    master, slave = os.openpty()
-    try:
-        process = subprocess.Popen(gateway_command(*args), stdin=slave, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env=environment(),
-                                   cwd=cwd)
-        os.close(slave)
-        slave = -1
-        os.write(master, answer.encode())
-        try:
-            stdout, stderr = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, stderr = process.communicate()
-            raise AssertionError(f"the CLI hung on its prompt:\n{stdout}\n{stderr}") from None
-    finally:
-        os.close(master)
-        if slave >= 0:
-            os.close(slave)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return cli_with_terminal(args, answer, environment(), cwd)
 
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> Any:

@@ -18,7 +18,7 @@ import pytest
 from gateway.auth.apikey import hash_secret
 from tests.conftest import api_key, make_config
 from tests.integration.test_cli_keys import SECRET, failed, ok_json, parse_time
-from tests.support.processes import gateway_command
+from tests.support.processes import cli_with_terminal, gateway_command
 from tests.support.redis_server import RedisServer
 
 POLL = 4.0  # generous bound for a change to show at a running gateway
@@ -54,24 +54,7 @@ def cli_tty(server: RedisServer, answer: str, *args: str) -> subprocess.Complete
     env = dict(os.environ)
     env.pop("GATEWAY_CONFIG", None)
     env["GATEWAY_REDIS_URL"] = server.url
-    master, slave = os.openpty()
-    try:
-        process = subprocess.Popen(gateway_command(*args), stdin=slave, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env=env)
-        os.close(slave)
-        slave = -1
-        os.write(master, answer.encode())
-        try:
-            stdout, stderr = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, stderr = process.communicate()
-            raise AssertionError(f"the CLI hung on its prompt:\n{stdout}\n{stderr}") from None
-    finally:
-        os.close(master)
-        if slave >= 0:
-            os.close(slave)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return cli_with_terminal(args, answer, env)
 
 
 def create_key(server: RedisServer, account_id: str, *extra: str) -> dict[str, Any]:

@@ -40,6 +40,30 @@ def gateway_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "gateway", *args]
 
 
+
+def cli_with_terminal(args: tuple[str, ...], answer: str, env: dict[str, str],
+                      cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`gateway ARGS` with a terminal as stdin and `answer` typed into it (a prompt's reply)."""
+    master, slave = os.openpty()
+    try:
+        process = subprocess.Popen(gateway_command(*args), stdin=slave, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+        os.close(slave)
+        slave = -1
+        os.write(master, answer.encode())
+        try:
+            stdout, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+            raise AssertionError(f"the CLI hung on its prompt:\n{stdout}\n{stderr}") from None
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 class GatewayProcess:
     def __init__(self, config_path: Path, port: int, admin_port: int,
                  env: dict[str, str] | None = None,
