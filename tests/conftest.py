@@ -86,6 +86,16 @@ async def new_key(service: KeyService, scopes: tuple[str, ...] = (), *,
     return key, secret, account
 
 
+
+async def admin_json(http: aiohttp.ClientSession, admin_url: str, token: str, method: str,
+                     path: str, body: Any, expect: int) -> Any:
+    """An admin API call with `token`; its JSON answer, once its status is `expect`."""
+    async with http.request(method, admin_url + path, json=body,
+                            headers={"Authorization": f"Bearer {token}"}) as response:
+        data = await response.json()
+        assert response.status == expect, data
+        return data
+
 def api_key(secret: str) -> dict[str, str]:
     return {"Authorization": f"Api-Key {secret}"}
 

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.errors import InvalidRequest
 from gateway.keys.service import KeyService
-from tests.conftest import make_config
+from tests.conftest import admin_json, make_config
 from tests.support.processes import gateway_command
 from tests.support.redis_server import RedisServer
 
@@ -112,11 +112,7 @@ async def gateway(redis_clean, upstream, start_gateway):  # type: ignore[no-unty
 
 async def admin(http: Any, gateway: Any, method: str, path: str, body: Any,
                 expect: int) -> Any:
-    async with http.request(method, gateway.admin_url + path, json=body,
-                            headers={"Authorization": f"Bearer {TOKEN}"}) as response:
-        data = await response.json()
-        assert response.status == expect, data
-        return data
+    return await admin_json(http, gateway.admin_url, TOKEN, method, path, body, expect)
 
 
 @pytest.mark.parametrize(("text", "code"), [p for p in REFUSED if p.id != "SURROGATE"])

@@ -22,6 +22,7 @@ from gateway.keys.secrets import SecretBox
 from gateway.keys.service import KeyService
 from gateway.keys.store import KeyStore
 from gateway.store.client import connect
+from tests.conftest import admin_json
 from tests.support.processes import gateway_command
 from tests.support.redis_server import RedisServer
 
@@ -108,11 +109,7 @@ async def gateway(redis_clean, start_gateway):  # type: ignore[no-untyped-def]
 
 async def admin(http: Any, gateway: Any, method: str, path: str, body: Any,
                 expect: int) -> Any:
-    async with http.request(method, gateway.admin_url + path, json=body,
-                            headers={"Authorization": f"Bearer {TOKEN}"}) as response:
-        data = await response.json()
-        assert response.status == expect, data
-        return data
+    return await admin_json(http, gateway.admin_url, TOKEN, method, path, body, expect)
 
 
 async def test_patch_with_a_null_expiry_is_422_for_an_hmac_key(gateway, http) -> None:
