@@ -44,6 +44,27 @@ def is_well_formed(secret: str) -> bool:
     return _checksum(body[:RANDOM_LENGTH]) == body[RANDOM_LENGTH:]
 
 
+# Imported secrets (issue 19: keys moved from Kong and the like) keep whatever format they
+# had. They are looked up like any other, so they must be what a header can carry unchanged:
+# visible ASCII, no spaces. The gateway's own prefixes stay reserved: a `gwk_` value that
+# fails the checksum is a mistyped gateway key, refused without a lookup as before.
+FOREIGN_MIN = 8
+FOREIGN_MAX = 512
+_RESERVED_PREFIXES = (PREFIX, "gwh_")
+
+
+def is_foreign(secret: str) -> bool:
+    """An imported secret's shape: 8 to 512 visible ASCII characters, not a gateway prefix."""
+    return (FOREIGN_MIN <= len(secret) <= FOREIGN_MAX and secret.isascii()
+            and secret.isprintable() and " " not in secret
+            and not secret.startswith(_RESERVED_PREFIXES))
+
+
+def is_acceptable(secret: str) -> bool:
+    """Worth a lookup: a well-formed gateway key, or the shape of an imported one."""
+    return is_well_formed(secret) or is_foreign(secret)
+
+
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("ascii")).hexdigest()
 

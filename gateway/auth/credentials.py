@@ -61,6 +61,6 @@ def _api_key(value: str) -> ApiKeyCredential:
         raise RequestRefused("invalid_credentials",
                              "unsupported Authorization scheme: use 'Api-Key <key>' or a signature")
     secret = secret.strip(" \t")
-    if not apikey.is_well_formed(secret):
+    if not apikey.is_acceptable(secret):
         raise RequestRefused("invalid_credentials", "malformed API key")
     return ApiKeyCredential(secret)

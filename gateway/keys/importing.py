@@ -48,7 +48,6 @@ from gateway.store.client import store_errors
 
 FIELDS = frozenset({"account", "secret", "secret_sha256", "scopes", "expires_at",
                     "description"})
-MAX_SECRET = 512
 MAX_NAME = 200
 MAX_DESCRIPTION = 1000
 MAX_REPORTED = 100  # problems listed by line; the rest are counted
@@ -133,13 +132,15 @@ def _secret(raw: dict[str, Any]) -> tuple[str, str]:
         raise ValueError("give exactly one of secret and secret_sha256")
     if "secret" in raw:
         secret = raw["secret"]
-        if not isinstance(secret, str) or not 1 <= len(secret) <= MAX_SECRET:
-            raise ValueError(f"secret: must be a string of 1 to {MAX_SECRET} characters")
+        if not isinstance(secret, str) or not (apikey.FOREIGN_MIN <= len(secret)
+                                               <= apikey.FOREIGN_MAX):
+            raise ValueError(f"secret: must be a string of {apikey.FOREIGN_MIN} to "
+                             f"{apikey.FOREIGN_MAX} characters")
         if not _VISIBLE_ASCII.fullmatch(secret):
             raise ValueError("secret: must be visible ASCII (no spaces or control characters)")
-        if secret.startswith(apikey.PREFIX) and not apikey.is_well_formed(secret):
-            raise ValueError(f"secret: starts with {apikey.PREFIX!r} but its checksum or "
-                             "length is wrong (a mistyped gateway key?)")
+        if not apikey.is_acceptable(secret):
+            raise ValueError("secret: starts with a gateway prefix (gwk_, gwh_) but is not a "
+                             "well-formed gateway key (a mistyped one?)")
         return apikey.hash_secret(secret), apikey.tail(secret)
     digest = raw["secret_sha256"]
     if not isinstance(digest, str) or not _HEX64.fullmatch(digest):

@@ -24,13 +24,13 @@ def line(**fields: object) -> bytes:
     ({"secret_sha256": HEX.upper()}, {"secret_hash": HEX, "secret_tail": ""}),
     ({"secret": "x" * 40, "scopes": ["yc.ai.*", "yc.ai.*", "a.b"]},
      {"scopes": ("yc.ai.*", "a.b")}),
-    ({"secret": "s3cret!", "expires_at": "2027-06-01T00:00:00Z"},
+    ({"secret": "s3cret!!", "expires_at": "2027-06-01T00:00:00Z"},
      {"expires_at": 1811808000.0}),
-    ({"secret": "s3cret!", "expires_at": "2027-06-01T02:00:00+02:00"},
+    ({"secret": "s3cret!!", "expires_at": "2027-06-01T02:00:00+02:00"},
      {"expires_at": 1811808000.0}),
-    ({"secret": "s3cret!", "expires_at": 1811808000}, {"expires_at": 1811808000.0}),
-    ({"secret": "s3cret!", "expires_at": None}, {"expires_at": None}),
-    ({"secret": "s3cret!", "description": "from Kong"}, {"description": "from Kong"}),
+    ({"secret": "s3cret!!", "expires_at": 1811808000}, {"expires_at": 1811808000.0}),
+    ({"secret": "s3cret!!", "expires_at": None}, {"expires_at": None}),
+    ({"secret": "s3cret!!", "description": "from Kong"}, {"description": "from Kong"}),
 ])
 def test_good_lines(fields: dict[str, object], expected: dict[str, object]) -> None:
     parsed = parse_line(line(**fields), 3, now=NOW)
@@ -45,37 +45,39 @@ def test_the_stored_hash_is_what_the_proxy_computes_for_the_secret() -> None:
 
 
 def test_missing_scopes_take_the_default() -> None:
-    assert parse_line(line(secret="abcdef"), 1, now=NOW,
+    assert parse_line(line(secret="abcdefgh"), 1, now=NOW,
                       default_scopes=("a.b",)).scopes == ("a.b",)
-    assert parse_line(line(secret="abcdef", scopes=[]), 1, now=NOW,
+    assert parse_line(line(secret="abcdefgh", scopes=[]), 1, now=NOW,
                       default_scopes=("a.b",)).scopes == ()
 
 
 @pytest.mark.parametrize(("text", "needle"), [
     (b"{not json", "not JSON"),
     (b"[1, 2]", "not a JSON object"),
-    (line(secret="abc", colour="red"), "unknown field(s) colour"),
-    (orjson.dumps({"secret": "abc"}), "account: must be"),
+    (line(secret="abcdefgh", colour="red"), "unknown field(s) colour"),
+    (orjson.dumps({"secret": "abcdefgh"}), "account: must be"),
     (line(), "give exactly one of secret and secret_sha256"),
-    (line(secret="abc", secret_sha256=HEX), "give exactly one"),
+    (line(secret="abcdefgh", secret_sha256=HEX), "give exactly one"),
     (line(secret_sha256="abc"), "secret_sha256: not 64 hex digits"),
     (line(secret_sha256="g" * 64), "secret_sha256: not 64 hex digits"),
-    (line(secret=""), "secret: must be a string of 1 to 512"),
+    (line(secret=""), "secret: must be a string of 8 to 512"),
+    (line(secret="short"), "secret: must be a string of 8 to 512"),
+    (line(secret="gwh_" + "a" * 36), "secret: starts with a gateway prefix"),
     (line(secret=12345), "secret: must be a string"),
-    (line(secret="has space"), "secret: must be visible ASCII"),
-    (line(secret="caf\u00e9"), "secret: must be visible ASCII"),
-    (line(secret="gwk_" + "a" * 36), "secret: starts with 'gwk_'"),
-    (line(secret="abc", scopes="a.b"), "scopes: must be a list"),
-    (line(secret="abc", scopes=["not a scope"]), "scopes: 'not a scope' is not a scope"),
-    (line(secret="abc", expires_at="tomorrow"), "expires_at: 'tomorrow' is not an ISO 8601"),
-    (line(secret="abc", expires_at="2027-06-01T00:00:00"), "expires_at: '2027-06-01T00:00:00' "
+    (line(secret="has spaces"), "secret: must be visible ASCII"),
+    (line(secret="caf\u00e9-latte"), "secret: must be visible ASCII"),
+    (line(secret="gwk_" + "a" * 36), "secret: starts with a gateway prefix"),
+    (line(secret="abcdefgh", scopes="a.b"), "scopes: must be a list"),
+    (line(secret="abcdefgh", scopes=["not a scope"]), "scopes: 'not a scope' is not a scope"),
+    (line(secret="abcdefgh", expires_at="tomorrow"), "expires_at: 'tomorrow' is not an ISO 8601"),
+    (line(secret="abcdefgh", expires_at="2027-06-01T00:00:00"), "expires_at: '2027-06-01T00:00:00' "
                                                            "has no time zone"),
-    (line(secret="abc", expires_at="2020-01-01T00:00:00Z"), "expires_at: is in the past"),
-    (line(secret="abc", expires_at=True), "expires_at: not a time"),
-    (line(secret="abc", expires_at=1e15), "expires_at: epoch seconds out of range"),
-    (line(secret="abc", description=7), "description: must be a string"),
-    (line(secret="abc", description="a\x1b[31m"), "description: must not contain control"),
-    (orjson.dumps({"account": "a\u202e", "secret": "abc"}), "account: must not contain"),
+    (line(secret="abcdefgh", expires_at="2020-01-01T00:00:00Z"), "expires_at: is in the past"),
+    (line(secret="abcdefgh", expires_at=True), "expires_at: not a time"),
+    (line(secret="abcdefgh", expires_at=1e15), "expires_at: epoch seconds out of range"),
+    (line(secret="abcdefgh", description=7), "description: must be a string"),
+    (line(secret="abcdefgh", description="a\x1b[31m"), "description: must not contain control"),
+    (orjson.dumps({"account": "a\u202e", "secret": "abcdefgh"}), "account: must not contain"),
 ])
 def test_bad_lines_name_line_and_field(text: bytes, needle: str) -> None:
     with pytest.raises(BadImport) as caught:
@@ -106,7 +108,7 @@ def test_many_bad_lines_are_counted_past_the_first_hundred() -> None:
 
 
 def test_blank_lines_are_skipped_and_numbers_kept() -> None:
-    parsed = parse_lines([b"\n", line(secret="abcdef") + b"\n", "   "], now=NOW)
+    parsed = parse_lines([b"\n", line(secret="abcdefgh") + b"\n", "   "], now=NOW)
     assert [p.line for p in parsed] == [2]
 
 
