@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 import click
 
 from gateway.errors import GatewayError, NotFound
+from gateway.keys import importing
 from gateway.keys.model import API_KEY, HMAC_KEY, Account
 from gateway.keys.service import UNSET, KeyService, Unset
 from gateway.keys.text import escape
@@ -240,3 +242,32 @@ async def keys_reissue(service: KeyService, key_id: str, grace: str, as_json: bo
                err=True)
 
 
+
+
+@keys.command("import")
+@click.argument("source", type=click.File("rb"))
+@json_option
+@config_option
+@with_service
+async def keys_import(service: KeyService, source: IO[bytes], as_json: bool) -> None:
+    """Import existing API keys from SOURCE, JSON lines ('-' for stdin), one key a line:
+    {"account": name or id, "secret": plaintext | "secret_sha256": hex, "scopes": [...],
+    "expires_at": ISO 8601 | epoch | null, "description": "..."}. Every line is checked
+    first: one bad line and nothing is written. Accounts are created by name as needed; a
+    second run of the same file changes nothing and says so."""
+    items = importing.parse_lines(source, now=service.clock(),
+                                  default_scopes=service.default_scopes)
+    if sys.stderr.isatty() and not as_json:
+        with click.progressbar(length=len(items), label="importing", file=sys.stderr) as bar:
+            report = await importing.import_keys(service.store, items, clock=service.clock,
+                                                 progress=bar.update, actor=service.actor)
+    else:
+        report = await importing.import_keys(service.store, items, clock=service.clock,
+                                             actor=service.actor)
+    if as_json:
+        emit_json(report.public())
+        return
+    click.echo(f"created {report.created}, unchanged {report.unchanged}, conflicting "
+               f"{report.conflicting}; accounts created {report.accounts_created}")
+    for conflict in report.conflicts:
+        click.echo(escape(conflict), err=True)
