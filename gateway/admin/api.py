@@ -25,6 +25,7 @@ from gateway.admin.guard import AdminFailures
 from gateway.auth.throttle import retry_after_header
 from gateway.config import AdminToken, Config, parse_duration
 from gateway.errors import Conflict, InvalidRequest, NotFound, StoreError
+from gateway.keys import importing
 from gateway.keys.model import API_KEY
 from gateway.keys.secrets import SecretBox
 from gateway.keys.service import UNSET, KeyService, Unset
@@ -46,6 +47,7 @@ OUTCOME: web.RequestKey[str] = web.RequestKey("outcome", str)
 ADMIN_LOG_KEY: web.AppKey[AccessLog] = web.AppKey("admin_log", AccessLog)
 ADMIN_FAILURES_KEY: web.AppKey[AdminFailures] = web.AppKey("admin_failures", AdminFailures)
 MAX_BODY = 64 * 1024
+MAX_IMPORT_BODY = 64 * 1024 * 1024  # about 300,000 keys; more through the CLI
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -325,6 +327,29 @@ async def create_key(request: web.Request) -> web.Response:
     return _with_secret({**key.public(), "secret": secret}, 201)
 
 
+async def import_keys(request: web.Request) -> web.Response:
+    """The body is JSON lines, as for `gateway keys import`; every line is checked before
+    anything is written."""
+    raw = await request.content.read(MAX_IMPORT_BODY + 1)
+    if len(raw) > MAX_IMPORT_BODY:
+        raise _BadBody(f"the body is larger than {MAX_IMPORT_BODY} bytes: split the file, or "
+                       "use `gateway keys import`")
+    service = _service(request)
+    try:
+        items = importing.parse_lines(raw.splitlines(), now=service.clock(),
+                                      default_scopes=service.default_scopes)
+    except importing.BadImport as exc:
+        request[OUTCOME] = "invalid_request"
+        request_id = request_id_from(request.headers.get("X-Request-Id"))
+        response = _json({"error": {"code": "invalid_request", "message": str(exc),
+                                    "request_id": request_id, "lines": exc.problems}}, 422)
+        response.headers["X-Request-Id"] = request_id
+        return response
+    report = await importing.import_keys(service.store, items, clock=service.clock,
+                                         actor=service.actor)
+    return _json(report.public())
+
+
 async def get_key(request: web.Request) -> web.Response:
     service = _service(request)
     return _json(await service.key_view(await service.get_key(request.match_info["key_id"])))
@@ -416,6 +441,7 @@ def add_admin_routes(app: web.Application) -> None:
     add("GET", "/admin/keys", list_keys)
     add("POST", "/admin/keys", create_key)
     add("POST", "/admin/keys/delete", delete_keys)
+    add("POST", "/admin/keys/import", import_keys)
     add("GET", "/admin/keys/{key_id}", get_key)
     add("PATCH", "/admin/keys/{key_id}", update_key)
     add("DELETE", "/admin/keys/{key_id}", delete_key)

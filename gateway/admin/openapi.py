@@ -90,7 +90,10 @@ SCHEMAS: dict[str, Any] = {
             "type": "object", "required": ["code", "message", "request_id"],
             "additionalProperties": False,
             "properties": {"code": {"type": "string"}, "message": {"type": "string"},
-                           "request_id": {"type": "string"}}}},
+                           "request_id": {"type": "string"},
+                           "lines": {"type": "array", "items": {"type": "string"},
+                                     "description": "An import's bad lines, by number (the "
+                                                    "first 100)"}}}},
     },
     "Account": {
         "type": "object", "additionalProperties": False,
@@ -164,6 +167,18 @@ SCHEMAS: dict[str, Any] = {
     "Deleted": {
         "type": "object", "additionalProperties": False, "required": ["deleted"],
         "properties": {"deleted": {"type": "array", "items": {"type": "string"}}},
+    },
+    "ImportReport": {
+        "type": "object", "additionalProperties": False,
+        "required": ["created", "unchanged", "conflicting", "accounts_created", "conflicts"],
+        "properties": {
+            "created": {"type": "integer", "minimum": 0},
+            "unchanged": {"type": "integer", "minimum": 0},
+            "conflicting": {"type": "integer", "minimum": 0},
+            "accounts_created": {"type": "integer", "minimum": 0},
+            "conflicts": {"type": "array", "items": {"type": "string"},
+                          "description": "The first 100 conflicting lines, by line number"},
+        },
     },
     "Reissue": {
         "type": "object", "additionalProperties": False,
@@ -248,6 +263,16 @@ def openapi_document() -> dict[str, Any]:
         "/admin/keys/delete": {
             "post": _op("Delete several keys (all or none)", "The deleted ids",
                         _ref("Deleted"), body=_json_body(_ref("KeyIds")),
+                        errors=("400", "401", "404", "422", "503")),
+        },
+        "/admin/keys/import": {
+            "post": _op("Import existing API keys: JSON lines, one key a line (account, secret "
+                        "or secret_sha256, scopes, expires_at, description); every line is "
+                        "checked first (422 lists each bad line by number, nothing written); "
+                        "accounts are created by name; a repeated import is all unchanged",
+                        "What the import did", _ref("ImportReport"),
+                        body={"required": True, "content": {
+                            "application/x-ndjson": {"schema": {"type": "string"}}}},
                         errors=("400", "401", "404", "422", "503")),
         },
         "/admin/keys/{key_id}": {

@@ -21,6 +21,7 @@ from tests.support.redis_server import RedisServer
 
 KONG_SECRET = "kong-7f3a9c1e5b2d4f6a8c0e"
 HASHED_SECRET = "only-the-hash-was-kept-1"
+ADMIN_TOKEN = "import-admin-token"
 
 
 def lines() -> list[dict[str, Any]]:
@@ -122,3 +123,38 @@ async def test_the_writer_in_batches_and_a_stale_pointer(key_service) -> None:
     revived = await store.key_id_for_secret(items[0].secret_hash)
     assert revived is not None and revived != victim
     assert (await store.get_key(revived)) is not None
+
+
+# -- POST /admin/keys/import ---------------------------------------------------------------------
+
+async def test_the_admin_api_imports_and_names_bad_lines(redis_clean, upstream, start_gateway,
+                                                        http) -> None:
+    gateway = await start_gateway(make_config(
+        redis_clean.url,
+        [{"name": "svc", "prefix": "/svc/", "upstream": f"http://127.0.0.1:{upstream.port}",
+          "scopes": ["a.b"]}],
+        admin={"host": "127.0.0.1", "port": 0, "token": ADMIN_TOKEN}))
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}",
+               "Content-Type": "application/x-ndjson"}
+    url = gateway.admin_url + "/admin/keys/import"
+    body = b"\n".join(orjson.dumps(r) for r in lines())
+
+    bad = body + b'\n{"account": "x", "secret": "short"}\n[]'
+    async with http.post(url, data=bad, headers=headers) as response:
+        assert response.status == 422
+        error = (await response.json())["error"]
+    assert error["code"] == "invalid_request"
+    assert error["lines"] == ["line 4: secret: must be a string of 8 to 512 characters",
+                              "line 5: not a JSON object"]
+    assert keys_in(redis_clean) == []
+
+    for expected in ({"created": 3, "unchanged": 0, "accounts_created": 2},
+                     {"created": 0, "unchanged": 3, "accounts_created": 0}):
+        async with http.post(url, data=body, headers=headers) as response:
+            assert response.status == 200
+            report = await response.json()
+        assert report == {**expected, "conflicting": 0, "conflicts": []}
+    async with http.get(gateway.url + "/svc/x", headers=api_key(KONG_SECRET)) as response:
+        assert response.status == 200
+    async with http.post(url, data=body) as response:  # no token
+        assert response.status == 401
