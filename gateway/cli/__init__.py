@@ -13,7 +13,7 @@ from gateway.config import Config, load_config
 from gateway.datadir import UMASK
 from gateway.errors import ConfigError, GatewayError
 
-from . import accounts, audit, keys, masterkey, sign
+from . import accounts, audit, keys, masterkey, migrate, sign
 from .common import log_new_store
 
 CONFIG_HELP = ("YAML config file (default: $GATEWAY_CONFIG, else built-in defaults). The store "
@@ -126,3 +126,4 @@ main.add_command(keys.keys)
 main.add_command(masterkey.master_key)
 main.add_command(audit.audit)
 main.add_command(sign.sign)
+main.add_command(migrate.import_group)

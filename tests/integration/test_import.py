@@ -158,3 +158,55 @@ async def test_the_admin_api_imports_and_names_bad_lines(redis_clean, upstream, 
         assert response.status == 200
     async with http.post(url, data=body) as response:  # no token
         assert response.status == 401
+
+
+# -- gateway import kong -------------------------------------------------------------------------
+
+KONG_DUMP = """
+_format_version: "3.0"
+consumers:
+- username: alice
+  keyauth_credentials:
+  - key: alice-kong-key-01
+  acls:
+  - group: vision-users
+  - group: legacy
+- username: bob
+  keyauth_credentials:
+  - key: bob-kong-key-0001
+"""
+
+
+async def test_a_kong_dump_imports_and_its_keys_authenticate(redis_clean, upstream,
+                                                            start_gateway, http,
+                                                            tmp_path) -> None:
+    dump = tmp_path / "kong.yaml"
+    dump.write_text(KONG_DUMP)
+    args = ("import", "kong", str(dump), "--acl-scope", "vision-users=a.b")
+    dry = cli(redis_clean, *args, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "2 key(s) found (dry run: nothing written)" in dry.stdout
+    assert keys_in(redis_clean) == []
+
+    done = cli(redis_clean, *args)
+    assert done.returncode == 0, done.stderr
+    assert "created 2, unchanged 0, conflicting 0; accounts created 2" in done.stdout
+    assert "consumer alice: ACL group 'legacy' has no scope mapping" in done.stderr
+
+    gateway = await start_gateway(make_config(redis_clean.url, [
+        {"name": "svc", "prefix": "/svc/", "upstream": f"http://127.0.0.1:{upstream.port}",
+         "scopes": ["a.b"]}]))
+    for secret, status in [("alice-kong-key-01", 200), ("bob-kong-key-0001", 403)]:
+        async with http.get(gateway.url + "/svc/x", headers=api_key(secret)) as response:
+            assert response.status == status, await response.text()
+
+    again = ok_json(cli(redis_clean, *args, "--json"))
+    assert (again["created"], again["unchanged"]) == (0, 2)
+
+
+def test_a_kong_key_that_cannot_be_imported_names_its_consumer(redis_clean, tmp_path) -> None:
+    dump = tmp_path / "kong.yaml"
+    dump.write_text("consumers:\n- username: eve\n  keyauth_credentials:\n  - key: short\n")
+    failed(cli(redis_clean, "import", "kong", str(dump)),
+           "consumer eve (key-auth credential 1): secret: must be a string of 8 to 512")
+    assert keys_in(redis_clean) == []
