@@ -12,12 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from gateway.keys import importing
+from gateway.keys.store import KeyStore
+from gateway.store.client import GatedCluster
 from tests.conftest import api_key, make_config
 from tests.integration.test_cli_keys import cli, failed, ok_json
 from tests.support.processes import gateway_command
 from tests.support.redis_server import RedisServer
+from tests.support.redis_topology import ClusterTopology, topology_binaries_missing
 
 KONG_SECRET = "kong-7f3a9c1e5b2d4f6a8c0e"
 HASHED_SECRET = "only-the-hash-was-kept-1"
@@ -210,3 +214,39 @@ def test_a_kong_key_that_cannot_be_imported_names_its_consumer(redis_clean, tmp_
     failed(cli(redis_clean, "import", "kong", str(dump)),
            "consumer eve (key-auth credential 1): secret: must be a string of 8 to 512")
     assert keys_in(redis_clean) == []
+
+
+# -- Redis Cluster -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+async def test_import_on_a_redis_cluster() -> None:
+    missing = topology_binaries_missing()
+    if missing:
+        pytest.skip(missing)
+    topology = ClusterTopology().start()
+    try:
+        host, _, port = topology.masters()[0].rpartition(":")
+        client = GatedCluster(host=host, port=int(port), socket_timeout=5)
+        await client.initialize()
+        store = KeyStore(client)
+        rows = [orjson.dumps({"account": f"acct-{i % 4}", "secret": f"cluster-secret-{i:05d}",
+                              "scopes": ["a.b"]}) for i in range(600)]
+        items = importing.parse_lines(rows)
+        report = await importing.import_keys(store, items, batch=250)
+        assert (report.created, report.accounts_created) == (600, 4)
+        again = await importing.import_keys(store, items, batch=250)
+        assert (again.created, again.unchanged, again.conflicting) == (0, 600, 0)
+        for item in items[:50]:
+            key_id = await store.key_id_for_secret(item.secret_hash)
+            assert key_id is not None
+            record = await store.get_key(key_id)
+            assert record is not None and record.secret_hash == item.secret_hash
+        # The records spread over the masters: nothing pinned to one slot.
+        counts = []
+        for address in topology.masters():
+            with topology.client_for(address) as node:
+                counts.append(sum(1 for _ in node.scan_iter("gw:key:*", count=1000)))
+        assert sum(counts) == 600 and min(counts) > 0
+        await client.aclose()
+    finally:
+        topology.close()
