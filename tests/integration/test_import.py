@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
 import subprocess
 import time
 from pathlib import Path
@@ -250,3 +251,22 @@ async def test_import_on_a_redis_cluster() -> None:
         await client.aclose()
     finally:
         topology.close()
+
+
+def test_a_progress_bar_on_a_terminal_only(redis_clean, tmp_path) -> None:
+    source = write_lines(tmp_path / "keys.jsonl", lines())
+    env = {**os.environ, "GATEWAY_REDIS_URL": redis_clean.url}
+    env.pop("GATEWAY_CONFIG", None)
+    controller, terminal = pty.openpty()
+    try:
+        run = subprocess.run(gateway_command("keys", "import", str(source)),
+                             stdout=subprocess.PIPE, stderr=terminal, env=env, timeout=60)
+        os.close(terminal)
+        shown = os.read(controller, 65536)
+    finally:
+        os.close(controller)
+    assert run.returncode == 0
+    assert b"importing" in shown and b"100%" in shown
+    assert b"created 3" in run.stdout and b"importing" not in run.stdout
+    piped = cli(redis_clean, "keys", "import", str(source))
+    assert "importing" not in piped.stderr and "unchanged 3" in piped.stdout
