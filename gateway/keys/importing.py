@@ -29,10 +29,11 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.auth import apikey
 from gateway.config import is_scope_name
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, StoreError, StoreUnavailable
 from gateway.keys.layout import mget
 from gateway.keys.model import (
     API_KEY,
@@ -45,6 +46,7 @@ from gateway.keys.model import (
 from gateway.keys.store import (
     ACCOUNT,
     ACCOUNT_KEYS,
+    ACCOUNTS_INDEX,
     KEY,
     KEYS_INDEX,
     SECRET,
@@ -60,6 +62,7 @@ MAX_NAME = 200
 MAX_DESCRIPTION = 1000
 MAX_REPORTED = 100  # problems listed by line; the rest are counted
 BATCH = 2000  # keys per round trip of a write
+_ACCOUNT_ID = re.compile(r"^acc_[0-9A-Za-z]{16}$", re.ASCII)
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$", re.ASCII)
 _VISIBLE_ASCII = re.compile(r"^[\x21-\x7e]+$", re.ASCII)
 
@@ -84,17 +87,27 @@ def _fast_id() -> str:
             return API_KEY_ID_PREFIX + "".join(chars[:20])
 
 
-async def _set_new(redis: Redis, pairs: Sequence[tuple[str, bytes | str]]) -> list[bool]:
+async def _set_new(redis: Redis, pairs: Sequence[tuple[str, bytes | str]], *,
+                   confirm: tuple[int, int] | None = None) -> list[bool]:
     """SET NX of each pair, in as few commands as can be: one MSETNX per cluster slot (all of
     one Redis is one slot group); a group where any name exists already falls back to one
-    SET NX per name, so each answer says whether that name was written."""
+    SET NX per name, so each answer says whether that name was written. `confirm` (replicas,
+    ms): a WAIT on the same connection, as KeyStore's confirmed writes (StoreUnavailable when
+    fewer replicas hold them)."""
     if not pairs:
         return []
     groups = slot_groups(redis, [name for name, _ in pairs])
     async with redis.pipeline(transaction=False) as pipe:
         for group in groups:
             pipe.execute_command("MSETNX", *(part for i in group for part in pairs[i]))
+        if confirm is not None and not isinstance(redis, RedisCluster):
+            pipe.execute_command("WAIT", *confirm)
         replies = await pipe.execute()
+    if confirm is not None and not isinstance(redis, RedisCluster):
+        acked = int(replies.pop())
+        if acked < confirm[0]:
+            raise StoreUnavailable(f"key store unavailable: the import is not confirmed on "
+                                   f"{confirm[0]} replica(s) ({acked}); run it again")
     written = [True] * len(pairs)
     retry = [i for group, reply in zip(groups, replies, strict=True) if not reply
              for i in group]
@@ -266,10 +279,14 @@ async def _account_ids(store: KeyStore, items: Sequence[ImportLine], now: float,
     """Each line's account (an existing id, else a name) -> account id; accounts named but
     missing are created. A name two accounts share is refused (BadImport): give the id."""
     wanted = {item.account for item in items}
-    by_id = [a for a in wanted if a.startswith("acc_")]
+    by_id = [a for a in wanted if _ACCOUNT_ID.fullmatch(a)]
     with store_errors():
         found = await mget(store.redis, [ACCOUNT + a for a in by_id])
     resolved = {a: a for a, data in zip(by_id, found, strict=True) if data is not None}
+    unknown = set(by_id) - set(resolved)
+    if unknown:
+        raise BadImport([f"line {item.line}: account: no account with id {item.account!r}"
+                         for item in items if item.account in unknown])
     names = wanted - set(resolved)
     if not names:
         return resolved
@@ -287,14 +304,22 @@ async def _account_ids(store: KeyStore, items: Sequence[ImportLine], now: float,
         raise BadImport([f"line {item.line}: account: {item.account!r} names "
                          f"{len(holders[item.account])} accounts; give its id"
                          for item in items if item.account in shared])
-    for name in sorted(names):
-        if name in holders:
-            resolved[name] = holders[name][0]
-            continue
-        account = Account(id=new_account_id(), name=name, created_at=now)
-        await store.put_account(account)
-        report.accounts_created += 1
-        resolved[name] = account.id
+    resolved.update((name, ids[0]) for name, ids in holders.items())
+    missing = [Account(id=new_account_id(), name=name, created_at=now)
+               for name in sorted(names - set(holders))]
+    for start in range(0, len(missing), BATCH):
+        # As KeyStore.put_account does, batched: index members, then the records (NX).
+        part = missing[start:start + BATCH]
+        with store_errors():
+            await store.redis.zadd(ACCOUNTS_INDEX,
+                                   {index_member(a.created_at, a.id): 0 for a in part})
+            written = await _set_new(store.redis, [(ACCOUNT + a.id, a.to_json()) for a in part],
+                                     confirm=store.confirming())
+            if not all(written):  # a random id taken already (about 2**-95)
+                raise StoreError("a new account id was taken; run the import again")
+        # No invalidation to publish: no cache can hold anything about an id new until now.
+        report.accounts_created += len(part)
+        resolved.update((a.name, a.id) for a in part)
     return resolved
 
 
@@ -373,7 +398,8 @@ async def _write_batch(store: KeyStore, part: Sequence[ImportLine], accounts: di
         fresh = [(i, SECRET + item.secret_hash, r.id)
                  for i, (item, r, stale) in enumerate(new) if not stale]
         # A pointer that appeared since the read above is another writer's: kept.
-        taken = await _set_new(redis, [(name, value) for _, name, value in fresh])
+        taken = await _set_new(redis, [(name, value) for _, name, value in fresh],
+                               confirm=store.confirming())
         answers = [True] * len(new)
         for (position, _, _), ok in zip(fresh, taken, strict=True):
             answers[position] = ok

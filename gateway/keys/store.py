@@ -161,6 +161,10 @@ class KeyStore:
                 f"replica(s) ({acked}); a failover may be under way: try again")
         return result
 
+    def confirming(self) -> tuple[int, int] | None:
+        """(replicas, timeout ms) for a WAIT after a batch of writes, None when not asked."""
+        return (self._confirm, self._confirm_ms) if self._confirm else None
+
     async def confirm_read(self) -> None:
         """With confirm_replicas, raise StoreUnavailable unless the master now has that many
         replicas (WAIT on a connection with no write of its own answers at once with the

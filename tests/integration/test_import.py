@@ -229,6 +229,10 @@ async def test_import_on_a_redis_cluster() -> None:
         host, _, port = topology.masters()[0].rpartition(":")
         client = GatedCluster(host=host, port=int(port), socket_timeout=5)
         await client.initialize()
+    except BaseException:
+        topology.close()
+        raise
+    try:
         store = KeyStore(client)
         rows = [orjson.dumps({"account": f"acct-{i % 4}", "secret": f"cluster-secret-{i:05d}",
                               "scopes": ["a.b"]}) for i in range(600)]
@@ -248,8 +252,8 @@ async def test_import_on_a_redis_cluster() -> None:
             with topology.client_for(address) as node:
                 counts.append(sum(1 for _ in node.scan_iter("gw:key:*", count=1000)))
         assert sum(counts) == 600 and min(counts) > 0
-        await client.aclose()
     finally:
+        await client.aclose()
         topology.close()
 
 
@@ -270,3 +274,16 @@ def test_a_progress_bar_on_a_terminal_only(redis_clean, tmp_path) -> None:
     assert b"created 3" in run.stdout and b"importing" not in run.stdout
     piped = cli(redis_clean, "keys", "import", str(source))
     assert "importing" not in piped.stderr and "unchanged 3" in piped.stdout
+
+
+async def test_an_unknown_account_id_is_refused_and_nothing_written(key_service) -> None:
+    store = key_service.store
+    rows = [orjson.dumps({"account": "new-team", "secret": "first-secret-01"}),
+            orjson.dumps({"account": "acc_0123456789abcdef", "secret": "second-secret-1"})]
+    try:
+        await importing.import_keys(store, importing.parse_lines(rows))
+    except importing.BadImport as exc:
+        assert exc.problems == ["line 2: account: no account with id 'acc_0123456789abcdef'"]
+    else:
+        raise AssertionError("imported")
+    assert await store.redis.dbsize() == 0
