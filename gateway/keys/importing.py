@@ -323,6 +323,14 @@ async def _account_ids(store: KeyStore, items: Sequence[ImportLine], now: float,
     return resolved
 
 
+def _names(record: KeyRecord, secret_hash: str, now: float) -> bool:
+    """Does the record still authenticate this secret? (Else its pointer is stale: a reissue
+    or delete that stopped half-way, or a grace period over.)"""
+    return record.secret_hash == secret_hash or (
+        record.previous_hash == secret_hash
+        and (record.previous_until is None or record.previous_until > now))
+
+
 def _same(record: KeyRecord, item: ImportLine, account_id: str) -> bool:
     return (record.secret_hash == item.secret_hash and record.account_id == account_id
             and set(record.scopes) == set(item.scopes) and record.expires_at == item.expires_at)
@@ -363,11 +371,12 @@ async def _write_batch(store: KeyStore, part: Sequence[ImportLine], accounts: di
         account_id = accounts[item.account]
         found = records.get(holder) if holder is not None else None
         current = found[0] if found is not None else None
-        if current is not None:
+        if current is not None and _names(current, item.secret_hash, now):
             if _same(current, item, account_id):
                 report.unchanged += 1
             elif current.secret_hash != item.secret_hash:
-                report._conflict(item.line, f"the secret is the old secret of key {current.id}")
+                report._conflict(item.line, f"the secret is the old secret of key {current.id} "
+                                 "(reissued, in its grace period)")
             else:
                 report._conflict(item.line, f"the secret is key {current.id}'s, with another "
                                  "account, scopes or expiry (left as it is)")

@@ -287,3 +287,26 @@ async def test_an_unknown_account_id_is_refused_and_nothing_written(key_service)
     else:
         raise AssertionError("imported")
     assert await store.redis.dbsize() == 0
+
+
+async def test_a_pointer_to_a_record_that_no_longer_names_the_secret_is_stale(
+        key_service) -> None:
+    store = key_service.store
+    account = await key_service.create_account("team")
+    key, _ = await key_service.create_key(account_id=account.id, scopes=("a.b",))
+    items = importing.parse_lines([orjson.dumps({"account": account.id,
+                                                 "secret": "reused-secret-01"})])
+    # A pointer left behind to a live record that names another secret.
+    await store.redis.set("gw:secret:" + items[0].secret_hash, key.id)
+    report = await importing.import_keys(store, items)
+    assert (report.created, report.conflicting) == (1, 0)
+    key_id = await store.key_id_for_secret(items[0].secret_hash)
+    assert key_id != key.id
+    # Reissued with a grace period: the old secret is still the old key's, a conflict.
+    reissued_old = await key_service.create_key(account_id=account.id)
+    old_secret = reissued_old[1]
+    await key_service.reissue_key(reissued_old[0].id, grace=3600)
+    clash = await importing.import_keys(store, importing.parse_lines(
+        [orjson.dumps({"account": account.id, "secret": old_secret})]))
+    assert clash.conflicting == 1
+    assert "the secret is the old secret of key" in clash.conflicts[0]
