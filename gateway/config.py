@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.auth.locations import DEFAULT_LOCATIONS, KeyLocation, parse_locations
 from gateway.discovery import choose_data_dir
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.keys.masterkeys import (
@@ -174,6 +175,13 @@ class KeysConfig:
     negative_cache_ttl: float = 2.0
     stale_if_error: float = 300.0
     last_used_flush: float = 1.0
+    # Where routes read an API key unless they say (route `key_locations`; auth/locations.py).
+    locations: tuple[KeyLocation, ...] = DEFAULT_LOCATIONS
+    # Look up secrets that are not in the gateway's gwk_ format (keys imported from Kong and
+    # the like). Off by default: then a made-up key is refused without a store lookup, by its
+    # checksum; on, any 8-512 visible ASCII characters cost a (negative-cached, brute-force
+    # counted) lookup.
+    accept_imported: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +217,7 @@ class RouteConfig:
     public: bool = False
     timeout: float = 30.0  # waiting for upstream bytes: the response head, then between reads
     connect_timeout: float = 5.0
+    key_locations: tuple[KeyLocation, ...] = DEFAULT_LOCATIONS  # default: keys.locations
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,10 +434,11 @@ def _auth(value: object) -> tuple[str, ...]:
 
 
 _ROUTE_FIELDS = {"name", "prefix", "upstream", "strip_prefix", "scopes", "auth", "public",
-                 "timeout", "connect_timeout"}
+                 "timeout", "connect_timeout", "key_locations"}
 
 
-def _route(reader: _Reader, raw: object, path: str) -> RouteConfig | None:
+def _route(reader: _Reader, raw: object, path: str,
+           locations: tuple[KeyLocation, ...] = DEFAULT_LOCATIONS) -> RouteConfig | None:
     if not isinstance(raw, dict):
         reader.problem(path, "expected a mapping with name, prefix and upstream")
         return None
@@ -456,11 +466,14 @@ def _route(reader: _Reader, raw: object, path: str) -> RouteConfig | None:
         timeout=reader.get(raw, "timeout", f"{path}.timeout", _positive_duration, 30.0),
         connect_timeout=reader.get(raw, "connect_timeout", f"{path}.connect_timeout",
                                    _positive_duration, 5.0),
+        key_locations=reader.get(raw, "key_locations", f"{path}.key_locations",
+                                 parse_locations, locations),
     )
     return route if len(reader.problems) == before else None
 
 
-def _routes(reader: _Reader, raw: object) -> tuple[RouteConfig, ...]:
+def _routes(reader: _Reader, raw: object,
+            locations: tuple[KeyLocation, ...] = DEFAULT_LOCATIONS) -> tuple[RouteConfig, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -472,7 +485,7 @@ def _routes(reader: _Reader, raw: object) -> tuple[RouteConfig, ...]:
     # whose case-folded reading lands elsewhere, so two prefixes apart only in case clash
     for index, item in enumerate(raw):
         path = f"routes[{index}]"
-        route = _route(reader, item, path)
+        route = _route(reader, item, path, locations)
         if route is None:
             continue
         if route.name in names:
@@ -577,7 +590,8 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         reader.problem("redis.confirm_replicas", "not available on a Redis Cluster (its "
                        "manual failovers lose nothing; see README, Running a fleet)")
     raw = reader.section(data, "keys", {"default_scopes", "cache_ttl", "negative_cache_ttl",
-                                        "stale_if_error", "last_used_flush"})
+                                        "stale_if_error", "last_used_flush", "locations",
+                                        "accept_imported"})
     keys = KeysConfig(
         default_scopes=reader.get(raw, "default_scopes", "keys.default_scopes", _scopes,
                                   _KEYS.default_scopes),
@@ -589,6 +603,10 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
                                   parse_duration, _KEYS.stale_if_error),
         last_used_flush=reader.get(raw, "last_used_flush", "keys.last_used_flush",
                                    _positive_duration, _KEYS.last_used_flush),
+        locations=reader.get(raw, "locations", "keys.locations", parse_locations,
+                             _KEYS.locations),
+        accept_imported=reader.get(raw, "accept_imported", "keys.accept_imported", _boolean,
+                                   _KEYS.accept_imported),
     )
     raw = reader.section(data, "hmac", {"clock_skew", "max_body_bytes", "max_buffered_bytes"})
     hmac = HmacConfig(
@@ -611,7 +629,7 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         block_for=reader.get(raw, "block_for", "brute_force.block_for", _positive_duration,
                              _BRUTE_FORCE.block_for),
     )
-    routes = _routes(reader, data.get("routes"))
+    routes = _routes(reader, data.get("routes"), keys.locations)
     data_dir = Path(reader.get(data, "data_dir", "data_dir", _string, ".gateway"))
 
     # Environment overrides (SPEC §10) win over the file.

@@ -347,7 +347,8 @@ async def import_keys(request: web.Request) -> web.Response:
         return response
     report = await importing.import_keys(service.store, items, clock=service.clock,
                                          actor=service.actor)
-    return _json(report.public())
+    note = importing.foreign_note(items, request.app[CONFIG_KEY]().keys.accept_imported)
+    return _json({**report.public(), **({"note": note} if note else {})})
 
 
 async def get_key(request: web.Request) -> web.Response:

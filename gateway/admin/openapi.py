@@ -178,6 +178,11 @@ SCHEMAS: dict[str, Any] = {
             "accounts_created": {"type": "integer", "minimum": 0},
             "conflicts": {"type": "array", "items": {"type": "string"},
                           "description": "The first 100 conflicting lines, by line number"},
+            "note": {"type": "string",
+                     "description": "Present when some secrets are not gateway keys (or were "
+                                    "given by hash) and this gateway's config does not set "
+                                    "keys.accept_imported: they are stored but do not "
+                                    "authenticate until it does"},
         },
     },
     "Reissue": {

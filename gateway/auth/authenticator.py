@@ -22,6 +22,7 @@ from gateway.auth.credentials import (
     credential_from,
 )
 from gateway.auth.decide import Allow, Deny, decide, method_accepted, scope_decision
+from gateway.auth.locations import DEFAULT_LOCATIONS, describe
 from gateway.auth.throttle import COUNTED_CODES
 from gateway.config import HmacConfig, RouteConfig
 from gateway.errors import ClientGone, ClientTooSlow, RequestRefused, StoreUnavailable
@@ -107,11 +108,17 @@ class Authenticator:
         caller answers that, and every other counted failure, with the block's 429 (so they
         are not counted here as results)."""
         headers = request.headers
+        locations = route.key_locations
         try:
-            credential = credential_from(headers)
+            credential = credential_from(
+                headers, locations,
+                request.raw_path.partition("?")[2] if locations is not DEFAULT_LOCATIONS else "",
+                accept_imported=self.cache.config.accept_imported)
         except RequestRefused as refused:
             # Named by what the request tried, so a malformed key still counts as an API key.
-            method = "api_key" if "Authorization" in headers else "hmac"
+            method = ("hmac" if "Authorization" not in headers
+                      and ("Signature" in headers or "Signature-Input" in headers)
+                      else "api_key")
             if not cached_only:
                 TALLY.counter(AUTH_RESULTS, method, refused.code).inc()
             raise
@@ -129,8 +136,8 @@ class Authenticator:
                             route: RouteConfig, cached_only: bool) -> Authenticated:
         if credential is None:
             raise RequestRefused("missing_credentials",
-                                 "this route needs an API key (Authorization: Api-Key <key>) "
-                                 "or a signed request")
+                                 f"this route needs an API key ({describe(route.key_locations)})"
+                                 " or a signed request")
         refused = method_accepted(route, credential.method)
         if refused is not None:
             raise _refuse(refused)

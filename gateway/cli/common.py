@@ -115,7 +115,8 @@ async def _service(config: Config) -> AsyncIterator[KeyService]:
         # needs GATEWAY_MASTER_KEY, and only HMAC keys ask for it.
         master_key = load_master_key(config, create=True)
         yield KeyService(store, default_scopes=config.keys.default_scopes,
-                         secret_box=SecretBox(master_key) if master_key else None)
+                         secret_box=SecretBox(master_key) if master_key else None,
+                         accept_imported=config.keys.accept_imported)
 
 
 def with_service(func: Callable[..., Awaitable[None]]) -> Callable[..., None]:

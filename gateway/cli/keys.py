@@ -242,8 +242,6 @@ async def keys_reissue(service: KeyService, key_id: str, grace: str, as_json: bo
                err=True)
 
 
-
-
 @keys.command("import")
 @click.argument("source", type=click.File("rb"))
 @json_option
@@ -271,3 +269,6 @@ async def keys_import(service: KeyService, source: IO[bytes], as_json: bool) -> 
                f"{report.conflicting}; accounts created {report.accounts_created}")
     for conflict in report.conflicts:
         click.echo(escape(conflict), err=True)
+    note = importing.foreign_note(items, service.accept_imported)
+    if note:
+        click.echo("note: " + note, err=True)

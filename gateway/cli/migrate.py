@@ -81,4 +81,7 @@ async def import_kong(service: KeyService, source: IO[bytes], acl_scopes: tuple[
         click.echo("not mapped:", err=True)
         for note in converted.notes:
             click.echo("  " + escape(note), err=True)
+    imported = importing.foreign_note(items, service.accept_imported)
+    if imported:
+        click.echo("note: " + imported, err=True)
     sys.stdout.flush()

@@ -76,6 +76,9 @@ class ImportLine:
     scopes: tuple[str, ...]
     expires_at: float | None
     description: str
+    # Not a gwk_ secret (or only its hash is known): it authenticates only with
+    # keys.accept_imported on.
+    foreign: bool = True
 
 
 def _fast_id() -> str:
@@ -179,7 +182,7 @@ def parse_expiry(value: object, now: float) -> float | None:
     return when
 
 
-def _secret(raw: dict[str, Any]) -> tuple[str, str]:
+def _secret(raw: dict[str, Any]) -> tuple[str, str, bool]:
     """(hash, tail) of the line's secret; ValueError names the field."""
     if ("secret" in raw) == ("secret_sha256" in raw):
         raise ValueError("give exactly one of secret and secret_sha256")
@@ -194,11 +197,22 @@ def _secret(raw: dict[str, Any]) -> tuple[str, str]:
         if not apikey.is_acceptable(secret):
             raise ValueError("secret: starts with a gateway prefix (gwk_, gwh_) but is not a "
                              "well-formed gateway key (a mistyped one?)")
-        return apikey.hash_secret(secret), apikey.tail(secret)
+        return apikey.hash_secret(secret), apikey.tail(secret), not apikey.is_well_formed(secret)
     digest = raw["secret_sha256"]
     if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
         raise ValueError("secret_sha256: not 64 hex digits")
-    return digest.lower(), ""
+    return digest.lower(), "", True
+
+
+IMPORTED_NOTE = ("{count} imported secret(s) are not gateway keys (gwk_...) or were given "
+                 "by hash: they authenticate only once the gateway's config sets "
+                 "keys.accept_imported: true (README, Migrating from Kong)")
+
+
+def foreign_note(items: Sequence[ImportLine], accept_imported: bool) -> str | None:
+    """What to tell the operator when the config in use would not accept these secrets."""
+    count = sum(item.foreign for item in items)
+    return None if accept_imported or not count else IMPORTED_NOTE.format(count=count)
 
 
 def parse_line(text: str | bytes, number: int, *, now: float,
@@ -216,7 +230,7 @@ def parse_line(text: str | bytes, number: int, *, now: float,
     account = raw.get("account")
     if not isinstance(account, str) or not 1 <= len(account.strip()) <= MAX_NAME:
         raise ValueError(f"account: must be a name or id of 1 to {MAX_NAME} characters")
-    secret_hash, secret_tail = _secret(raw)
+    secret_hash, secret_tail, foreign = _secret(raw)
     scopes = raw.get("scopes")
     if scopes is None:
         chosen = default_scopes
@@ -242,7 +256,7 @@ def parse_line(text: str | bytes, number: int, *, now: float,
     except InvalidRequest as exc:
         raise ValueError(str(exc)) from None
     return ImportLine(number, account.strip(), secret_hash, secret_tail, chosen, expires_at,
-                      description)
+                      description, foreign)
 
 
 def parse_lines(lines: Iterable[str | bytes], *, now: float | None = None,

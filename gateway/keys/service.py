@@ -72,8 +72,11 @@ class KeyService:
 
     def __init__(self, store: KeyStore, *, default_scopes: Iterable[str] = (),
                  actor: str = "cli", clock: Callable[[], float] = time.time,
-                 secret_box: SecretBox | None = None) -> None:
+                 secret_box: SecretBox | None = None, accept_imported: bool = False) -> None:
         self.store = store
+        # keys.accept_imported of the config in use: imports say when their secrets will not
+        # authenticate until it is set.
+        self.accept_imported = accept_imported
         self.default_scopes = tuple(default_scopes)
         self.actor = actor
         self.clock = clock

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.auth.authenticator import Authenticator
+from gateway.auth.locations import header_names, query_names, without_parameters
 from gateway.auth.throttle import COUNTED_CODES, FailureThrottle, client_address, refusal
 from gateway.config import Config, IPNetwork, RouteConfig
 from gateway.errors import RequestRefused
@@ -67,12 +68,27 @@ class ProxyState:
     routes: RouteTable
     upstreams: dict[str, UpstreamAddress]
     drop_untrusted: frozenset[str]  # header names removed from an untrusted peer's request
+    # Routes that read a key from a named header or a query parameter (auth/locations.py):
+    # those go too, from every peer, whatever the request carried. By route name.
+    key_headers: dict[str, tuple[frozenset[str], frozenset[str]]]  # (trusted, untrusted) drops
+    key_parameters: dict[str, frozenset[str]]
 
     @classmethod
     def from_config(cls, config: Config) -> ProxyState:
+        drop_untrusted = untrusted_drop(config.listen.strip_headers)
+        key_headers = {}
+        key_parameters = {}
+        for route in config.routes:
+            if route.public:
+                continue
+            if names := header_names(route.key_locations):
+                key_headers[route.name] = (DROP_INBOUND | names, drop_untrusted | names)
+            if names := query_names(route.key_locations):
+                key_parameters[route.name] = names
         return cls(config=config, routes=RouteTable(config.routes),
                    upstreams={r.name: upstream_address(r.upstream) for r in config.routes},
-                   drop_untrusted=untrusted_drop(config.listen.strip_headers))
+                   drop_untrusted=drop_untrusted, key_headers=key_headers,
+                   key_parameters=key_parameters)
 
 
 class ProxyHandler:
@@ -114,6 +130,11 @@ class ProxyHandler:
                 if not route.public:
                     identity, body = await self._authenticate(exchange, route, peer, trusted)
                 trusted_peer = bool(trusted) and is_trusted(peer, trusted)
+                key_headers = state.key_headers.get(route.name)
+                if key_headers is not None:
+                    drop = key_headers[0] if trusted_peer else key_headers[1]
+                else:
+                    drop = DROP_INBOUND if trusted_peer else state.drop_untrusted
                 fields = upstream_request_fields(
                     exchange.headers,
                     peer=peer,
@@ -121,10 +142,12 @@ class ProxyHandler:
                     scheme=exchange.scheme,
                     request_id=request_id,
                     identity=identity,
-                    drop=DROP_INBOUND if trusted_peer else state.drop_untrusted,
+                    drop=drop,
                 )
                 address = state.upstreams[route.name]
                 target_text = match.upstream_path
+                if query and route.name in state.key_parameters:
+                    query = without_parameters(query, state.key_parameters[route.name])
                 if query:
                     target_text += "?" + query
                 upstream = UpstreamRequest(route=route, origin=address.origin,
