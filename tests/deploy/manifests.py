@@ -11,12 +11,13 @@ import copy
 import json
 import re
 import shlex
+import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
-from gateway.config import Config, build_config
+from gateway.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -80,8 +81,12 @@ def configmap_text(manifests: Manifests) -> str:
 
 
 def gateway_config(manifests: Manifests, env: dict[str, str] | None = None) -> Config:
-    """The ConfigMap's config, through the gateway's own validation (gateway.config)."""
-    return build_config(yaml.safe_load(configmap_text(manifests)), "<configmap>", env or {})
+    """The ConfigMap's config as `gateway run --config` loads it (gateway.config.load_config),
+    from a file of the name the Deployment gives it."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / config_path(manifests).name
+        path.write_text(configmap_text(manifests))
+        return load_config(path, env or {}, cwd=Path(directory))
 
 
 def container_port(manifests: Manifests, port: int | str) -> int:
