@@ -47,7 +47,7 @@ def test_the_container_files_do_not_run_the_demo() -> None:
     dockerfile = dockerfile_commands((ROOT / "Dockerfile").read_text())
     compose = compose_commands((ROOT / "docker-compose.yml").read_text())
     assert dockerfile and compose  # what is checked was found
-    assert ["gateway", "run"] in dockerfile
+    assert ["tini", "--", "gateway", "run"] in dockerfile  # tini: see tests/deploy
     for command in dockerfile + compose:
         assert "--demo" not in command, command
 
