@@ -30,6 +30,7 @@ from gateway.keys.masterkeys import (
     parse_key_list,
     read_key_file,
 )
+from gateway.limits.policy import PolicyError, parse_quota, parse_rate, rate_of
 from gateway.store.urls import parse_store_url
 
 T = TypeVar("T")
@@ -218,6 +219,11 @@ class RouteConfig:
     timeout: float = 30.0  # waiting for upstream bytes: the response head, then between reads
     connect_timeout: float = 5.0
     key_locations: tuple[KeyLocation, ...] = DEFAULT_LOCATIONS  # default: keys.locations
+    # Defaults for keys that set no rate or quota of their own (SPEC §11; gateway/limits),
+    # counted per key and route.
+    rate: str | None = None
+    burst: int | None = None
+    quota: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,7 +440,30 @@ def _auth(value: object) -> tuple[str, ...]:
 
 
 _ROUTE_FIELDS = {"name", "prefix", "upstream", "strip_prefix", "scopes", "auth", "public",
-                 "timeout", "connect_timeout", "key_locations"}
+                 "timeout", "connect_timeout", "key_locations", "rate", "burst", "quota"}
+
+
+def _rate(value: object) -> str:
+    try:
+        return str(parse_rate(value))  # type: ignore[arg-type]
+    except PolicyError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _burst(value: object) -> int:
+    try:
+        return rate_of(1, 1.0, value).burst  # type: ignore[arg-type]
+    except PolicyError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _quota(value: object) -> str:
+    # YAML reads `quota: 10000` (a total) as a number.
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        return str(parse_quota(text))  # type: ignore[arg-type]
+    except PolicyError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _route(reader: _Reader, raw: object, path: str,
@@ -468,6 +497,9 @@ def _route(reader: _Reader, raw: object, path: str,
                                    _positive_duration, 5.0),
         key_locations=reader.get(raw, "key_locations", f"{path}.key_locations",
                                  parse_locations, locations),
+        rate=reader.get(raw, "rate", f"{path}.rate", _rate, None),
+        burst=reader.get(raw, "burst", f"{path}.burst", _burst, None),
+        quota=reader.get(raw, "quota", f"{path}.quota", _quota, None),
     )
     return route if len(reader.problems) == before else None
 

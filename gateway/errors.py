@@ -40,6 +40,8 @@ STATUS_BY_CODE: Mapping[str, int] = {
     "uri_too_long": 414,
     "headers_too_large": 431,
     "too_many_requests": 429,
+    "rate_limited": 429,
+    "quota_exhausted": 429,
     "internal_error": 500,
     "upstream_unavailable": 502,
     "key_store_unavailable": 503,

@@ -27,6 +27,7 @@ from gateway.keys.cache import InvalidationListener, KeyCache
 from gateway.keys.secrets import MasterKeyError, MasterKeys, SecretBox, load_master_key
 from gateway.keys.store import KeyStore
 from gateway.keys.usage import UsageRecorder
+from gateway.limits.sync import LimitSync
 from gateway.observability.access_log import AccessLog
 from gateway.observability.tally import TALLY
 from gateway.proxy.handler import ProxyHandler, ProxyState
@@ -137,11 +138,18 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
         await pool.start()
         stack.push_async_callback(pool.close)
 
+        # Rate limits and quotas: decided in this worker from leases the background sync
+        # takes from Redis (gateway/limits). Stopped after the drain: its last sync gives
+        # unused tokens back and flushes the usage counts.
+        limiter = LimitSync(redis)
+        limiter.start()
+        stack.push_async_callback(limiter.stop)
+
         access_log = AccessLog(enabled=config.log.access_log)
         stack.callback(access_log.flush)
         authenticator = Authenticator(cache, usage, store, config.hmac, secret_box)
         handler = ProxyHandler(ProxyState.from_config(config), pool, authenticator, access_log,
-                               throttle)
+                               throttle, limiter)
 
         async def apply(new: Config) -> None:
             handler.reload(new)

@@ -28,8 +28,9 @@ from gateway.errors import Conflict, InvalidRequest, NotFound, StoreError
 from gateway.keys import importing
 from gateway.keys.model import API_KEY
 from gateway.keys.secrets import SecretBox
-from gateway.keys.service import UNSET, KeyService, Unset
+from gateway.keys.service import UNSET, KeyService, LimitChanges, Unset
 from gateway.keys.store import KeyStore
+from gateway.limits import readout
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import ADMIN_AUTH_FAILURES
 from gateway.proxy.headers import request_id_from
@@ -266,16 +267,17 @@ async def get_account(request: web.Request) -> web.Response:
 
 
 async def update_account(request: web.Request) -> web.Response:
-    body = await _body(request, {"enabled", "api_access"}, immutable={"id", "name",
-                                                                      "created_at"})
+    body = await _body(request, {"enabled", "api_access", *LIMIT_FIELDS},
+                       immutable={"id", "name", "created_at"})
     if not body:
-        raise InvalidRequest("enabled", "give enabled and/or api_access")
+        raise InvalidRequest("enabled", "give enabled, api_access, rate, burst and/or quota")
     service = _service(request)
     account = await service.update_account(
         request.match_info["account_id"],
         enabled=_typed(body, "enabled", bool, "true or false") if "enabled" in body else None,
         api_access=_typed(body, "api_access", bool, "true or false")
         if "api_access" in body else None,
+        limits=_limits(body),
     )
     return _json(await service.account_view(account))
 
@@ -299,9 +301,29 @@ async def list_keys(request: web.Request) -> web.Response:
     return _page(page.items, page.next_cursor)
 
 
+LIMIT_FIELDS = frozenset({"rate", "burst", "quota"})
+
+
+def _limits(body: dict[str, Any]) -> LimitChanges | None:
+    """rate ("100/s"), burst (a number) and quota ("10000/month") from a body; null removes
+    one (SPEC §11). None when the body names none."""
+    if not LIMIT_FIELDS & body.keys():
+        return None
+    fields: dict[str, Any] = {}
+    for name, kind, what in (("rate", str, "a rate such as 100/s, or null"),
+                             ("burst", int, "a whole number, or null"),
+                             ("quota", str, "a quota such as 10000/month, or null")):
+        if name in body:
+            value = body[name]
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+                raise InvalidRequest(name, f"must be {what}")
+            fields[name] = value
+    return LimitChanges(**fields)
+
+
 async def create_key(request: web.Request) -> web.Response:
     body = await _body(request, {"account_id", "type", "scopes", "expires_at", "expires_in",
-                                 "description"})
+                                 "description", *LIMIT_FIELDS})
     if "account_id" not in body:
         raise InvalidRequest("account_id", "is required")
     if "expires_at" in body and "expires_in" in body:
@@ -323,7 +345,7 @@ async def create_key(request: web.Request) -> web.Response:
         key_type=_typed(body, "type", str, "a string") if "type" in body else API_KEY,
         scopes=scopes, expires_at=expires_at,
         description=_typed(body, "description", str, "a string")
-        if "description" in body else "")
+        if "description" in body else "", limits=_limits(body))
     return _with_secret({**key.public(), "secret": secret}, 201)
 
 
@@ -357,12 +379,13 @@ async def get_key(request: web.Request) -> web.Response:
 
 
 async def update_key(request: web.Request) -> web.Response:
-    body = await _body(request, {"expires_at", "description"},
+    body = await _body(request, {"expires_at", "description", *LIMIT_FIELDS},
                        immutable={"id", "type", "account_id", "scopes", "secret", "created_at",
                                   "last_used_at", "masked_secret",
                                   "previous_secret_valid_until"})
     if not body:
-        raise InvalidRequest("expires_at", "give expires_at and/or description")
+        raise InvalidRequest("expires_at", "give expires_at, description, rate, burst and/or "
+                                           "quota")
     expires_at: float | Unset | None = UNSET
     if "expires_at" in body:
         expires_at = None if body["expires_at"] is None else _time(body["expires_at"],
@@ -371,8 +394,23 @@ async def update_key(request: web.Request) -> web.Response:
                    if "description" in body else UNSET)
     service = _service(request)
     key = await service.update_key(request.match_info["key_id"], expires_at=expires_at,
-                                   description=description)
+                                   description=description, limits=_limits(body))
     return _json(await service.key_view(key))
+
+
+async def key_usage(request: web.Request) -> web.Response:
+    """Requests and refusals per minute (SPEC §11): `days` (1-7, default 1) UTC days back,
+    minutes without requests left out; `step=hour` sums them per hour."""
+    days = _query_int(request, "days", 1)
+    if not 1 <= days <= readout.USAGE_DAYS:
+        raise InvalidRequest("days", f"must be between 1 and {readout.USAGE_DAYS}")
+    step = request.query.get("step", "minute")
+    if step not in ("minute", "hour"):
+        raise InvalidRequest("step", "must be minute or hour")
+    key_id = request.match_info["key_id"]
+    series = await _service(request).usage(key_id, days=days)
+    return _json({"key_id": key_id, "step": step,
+                  "usage": series if step == "minute" else readout.by_hour(series)})
 
 
 async def delete_key(request: web.Request) -> web.Response:
@@ -447,6 +485,7 @@ def add_admin_routes(app: web.Application) -> None:
     add("PATCH", "/admin/keys/{key_id}", update_key)
     add("DELETE", "/admin/keys/{key_id}", delete_key)
     add("POST", "/admin/keys/{key_id}/reissue", reissue_key)
+    add("GET", "/admin/keys/{key_id}/usage", key_usage)
     add("GET", "/admin/audit", audit)
     add("GET", "/admin/routes", list_routes)
     add("POST", "/admin/reload", reload_config)

@@ -83,6 +83,22 @@ def _page_of(item: str) -> dict[str, Any]:
                            "next_cursor": {"type": ["string", "null"]}}}
 
 
+_LIMITS_SHOWN: dict[str, Any] = {
+    "rate": {"type": ["string", "null"], "description": "Requests per second, minute or hour "
+                                                       "(100/s, 6000/min, 1000/h); null: none"},
+    "burst": {"type": ["integer", "null"], "description": "The rate's bucket size; null: the "
+                                                          "rate's count"},
+    "quota": {"type": ["string", "null"], "description": "Requests per UTC day or month, or in "
+                                                        "all (10000/day, 10000/month, 10000)"},
+}
+_LIMITS_SET: dict[str, Any] = {
+    "rate": {"type": ["string", "null"], "pattern": r"^[1-9][0-9]{0,11}/(s|min|h)$",
+             "description": "100/s, 6000/min or 1000/h; null removes it"},
+    "burst": {"type": ["integer", "null"], "minimum": 1, "maximum": 10**12,
+              "description": "null: the rate's count"},
+    "quota": {"type": ["string", "null"], "pattern": r"^[1-9][0-9]{0,11}(/(day|month))?$",
+              "description": "10000/day, 10000/month or 10000 (a total); null removes it"},
+}
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object", "required": ["error"], "additionalProperties": False,
@@ -97,10 +113,12 @@ SCHEMAS: dict[str, Any] = {
     },
     "Account": {
         "type": "object", "additionalProperties": False,
-        "required": ["id", "name", "enabled", "api_access", "created_at", "key_count"],
+        "required": ["id", "name", "enabled", "api_access", "created_at", "key_count",
+                     "rate", "burst", "quota"],
         "properties": {"id": {"type": "string"}, "name": {"type": "string"},
                        "enabled": {"type": "boolean"}, "api_access": {"type": "boolean"},
-                       "created_at": _TIME, "key_count": {"type": "integer", "minimum": 0}},
+                       "created_at": _TIME, "key_count": {"type": "integer", "minimum": 0},
+                       **_LIMITS_SHOWN},
     },
     "AccountCreate": {
         "type": "object", "additionalProperties": False, "required": ["name"],
@@ -110,7 +128,8 @@ SCHEMAS: dict[str, Any] = {
     },
     "AccountUpdate": {
         "type": "object", "additionalProperties": False, "minProperties": 1,
-        "properties": {"enabled": {"type": "boolean"}, "api_access": {"type": "boolean"}},
+        "properties": {"enabled": {"type": "boolean"}, "api_access": {"type": "boolean"},
+                       **_LIMITS_SET},
     },
     "AccountDeleted": {
         "type": "object", "additionalProperties": False,
@@ -122,8 +141,9 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "additionalProperties": False,
         "required": ["id", "type", "account_id", "scopes", "description", "created_at",
                      "expires_at", "last_used_at", "masked_secret",
-                     "previous_secret_valid_until"],
+                     "previous_secret_valid_until", "rate", "burst", "quota"],
         "properties": {
+            **_LIMITS_SHOWN,
             "id": {"type": "string"}, "type": {"type": "string", "enum": ["api_key", "hmac"]},
             "account_id": {"type": "string"},
             "scopes": {"type": "array", "items": {"type": "string"}},
@@ -131,6 +151,18 @@ SCHEMAS: dict[str, Any] = {
             "expires_at": _NULLABLE_TIME, "last_used_at": _NULLABLE_TIME,
             "masked_secret": {"type": "string"},
             "previous_secret_valid_until": _NULLABLE_TIME,
+            "quotas": {"type": "array", "description": "Shown for one key (not in listings): "
+                                                      "its quotas and its account's, used "
+                                                      "and remaining this period",
+                       "items": {"type": "object", "additionalProperties": False,
+                                 "required": ["policy", "quota", "used", "remaining",
+                                              "resets_at"],
+                                 "properties": {"policy": {"type": "string"},
+                                                "quota": {"type": "string"},
+                                                "used": {"type": "integer", "minimum": 0},
+                                                "remaining": {"type": "integer",
+                                                              "minimum": 0},
+                                                "resets_at": _NULLABLE_TIME}}},
         },
     },
     "KeyCreate": {
@@ -145,18 +177,20 @@ SCHEMAS: dict[str, Any] = {
             "expires_in": {**_DURATION, "description": "Lifetime such as 30d"},
             "description": {"type": "string", "maxLength": 1000,
                             "description": _PLAIN_TEXT},
+            **_LIMITS_SET,
         },
     },
     "KeyUpdate": {
         "type": "object", "additionalProperties": False, "minProperties": 1,
-        "description": "Only the expiry and the description of a key can change; any other "
-                       "field is refused with 422 naming it.",
+        "description": "Only the expiry, the description and the limits of a key can change; "
+                       "any other field is refused with 422 naming it.",
         "properties": {
             "expires_at": {**_NULLABLE_TIME,
                            "description": "A future time, or null for no expiry (API keys "
                                           "only: an HMAC key's expiry can move, not go)"},
             "description": {"type": "string", "maxLength": 1000,
                             "description": _PLAIN_TEXT},
+            **_LIMITS_SET,
         },
     },
     "KeyIds": {
@@ -198,6 +232,20 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
+SCHEMAS["Usage"] = {
+    "type": "object", "additionalProperties": False, "required": ["key_id", "step", "usage"],
+    "properties": {
+        "key_id": {"type": "string"}, "step": {"type": "string", "enum": ["minute", "hour"]},
+        "usage": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["ok", "refused"],
+            "properties": {
+                "minute": _TIME, "hour": _TIME,
+                "ok": {"type": "integer", "minimum": 0},
+                "refused": {"type": "object", "additionalProperties": {"type": "integer"},
+                            "description": "By reason: rate_limited, quota_exhausted, "
+                                           "key_store_unavailable"}}}},
+    },
+}
 SCHEMAS["Route"] = {
     "type": "object", "additionalProperties": False,
     "required": ["name", "prefix", "scopes", "public", "auth"],
@@ -294,6 +342,17 @@ def openapi_document() -> dict[str, Any]:
                         "The key and its new secret", _ref("KeyWithSecret"),
                         params=key_id, body=_json_body(_ref("Reissue"), required=False),
                         errors=("400", "401", "404", "422", "503")),
+        },
+        "/admin/keys/{key_id}/usage": {
+            "get": _op("A key's requests and refusals per minute (or hour), the last days "
+                       "(kept 7 days); minutes without requests are left out",
+                       "The usage", _ref("Usage"),
+                       params=[*key_id,
+                               _query("days", {"type": "integer", "minimum": 1, "maximum": 7},
+                                      "UTC days back, today included (default 1)"),
+                               _query("step", {"type": "string", "enum": ["minute", "hour"]},
+                                      "minute (default) or hour")],
+                       errors=("401", "404", "422", "503")),
         },
         "/admin/reload": {
             "post": _op("Reload the config file: validated first; an invalid file is refused "

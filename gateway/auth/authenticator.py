@@ -57,6 +57,8 @@ def identity_headers(key: KeyRecord, account: Account) -> dict[str, str]:
 class Authenticated:
     identity: dict[str, str]
     body: bytes | None = None  # a signed request's body, read to check its digest
+    key: KeyRecord | None = None  # for the limits (gateway/limits) that apply to it
+    account: Account | None = None
 
 
 def _refuse(decision: Deny) -> RequestRefused:
@@ -178,7 +180,8 @@ class Authenticator:
         allowed, now = self._decide(key, account, method="api_key", route=route,
                                     presented_hash=secret_hash)
         self.usage.record(allowed.key.id, now)
-        return Authenticated(identity_headers(allowed.key, allowed.account))
+        return Authenticated(identity_headers(allowed.key, allowed.account), None,
+                             allowed.key, allowed.account)
 
     async def _signed(self, credential: SignatureCredential, request: Exchange,
                       route: RouteConfig, cached_only: bool) -> Authenticated:
@@ -241,7 +244,8 @@ class Authenticator:
                 self.release_body(body)
                 raise RequestRefused(exc.code, exc.message) from None
         self.usage.record(allowed.key.id, now)
-        return Authenticated(identity_headers(allowed.key, allowed.account), body)
+        return Authenticated(identity_headers(allowed.key, allowed.account), body,
+                             allowed.key, allowed.account)
 
     async def _verified(self, candidate: signatures.ParsedSignature | signatures.SignatureError,
                         request: Exchange, route: RouteConfig, facts: signatures.RequestFacts,

@@ -13,6 +13,8 @@ from .common import (
     confirm,
     init_option,
     json_option,
+    limit_changes,
+    limit_options,
     with_service,
     yes_option,
 )
@@ -86,17 +88,23 @@ async def accounts_show(service: KeyService, account_id: str, as_json: bool) -> 
 @click.option("--api-access/--no-api-access", "api_access", default=None,
               help="Grant or withdraw the api_access right: without it the account's keys do "
                    "not work (403 api_access_denied) and it gets no new keys.")
+@limit_options(removable=True)
 @json_option
 @config_option
 @with_service
 async def accounts_update(service: KeyService, account_id: str, enabled: bool | None,
-                          api_access: bool | None, as_json: bool) -> None:
-    """Enable or disable an account, or change its api_access right. Running gateways apply
-    the change at once."""
-    if enabled is None and api_access is None:
+                          api_access: bool | None, rate: str | None, burst: int | None,
+                          quota: str | None, no_rate: bool, no_quota: bool,
+                          as_json: bool) -> None:
+    """Enable or disable an account, change its api_access right, or the rate limit and
+    quota its keys share. Running gateways apply the change at once."""
+    limits = limit_changes(rate, burst, quota, no_rate, no_quota)
+    if enabled is None and api_access is None and limits is None:
         raise click.UsageError("nothing to change: give --enable or --disable, and/or "
-                               "--api-access or --no-api-access")
-    account = await service.update_account(account_id, enabled=enabled, api_access=api_access)
+                               "--api-access or --no-api-access, and/or --rate, --burst, "
+                               "--quota, --no-rate or --no-quota")
+    account = await service.update_account(account_id, enabled=enabled, api_access=api_access,
+                                           limits=limits)
     view = await service.account_view(account)
     emit(view, as_json)
 

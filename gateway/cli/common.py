@@ -28,7 +28,7 @@ from gateway.config import Config, load_config, parse_duration
 from gateway.discovery import DATA_DIR_NAME, FROM_ENV, NEW
 from gateway.errors import ConfigError, GatewayError, StoreUnavailable
 from gateway.keys.secrets import SecretBox, load_master_key
-from gateway.keys.service import KeyService
+from gateway.keys.service import UNSET, KeyService, LimitChanges
 from gateway.keys.store import KeyStore
 from gateway.store.client import open_redis
 from gateway.store.health import describe_store_error
@@ -216,3 +216,42 @@ def confirm(question: str, yes: bool) -> None:
                                    "terminal; pass --yes to confirm non-interactively")
     click.confirm(question, abort=True, err=True)
 
+
+
+# -- limits (SPEC §11) -------------------------------------------------------------------------
+
+def limit_options(*, removable: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--rate, --burst and --quota (and --no-rate/--no-quota where a limit can be removed)."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        options = [
+            click.option("--rate", help="Requests per second, minute or hour: 100/s, 6000/min, "
+                                        "1000/h."),
+            click.option("--burst", type=int, help="Requests the rate lets through at once "
+                                                   "(default: the rate's count)."),
+            click.option("--quota", help="Requests per UTC day or month, or in all: "
+                                         "10000/day, 10000/month, 10000."),
+        ]
+        if removable:
+            options += [click.option("--no-rate", is_flag=True, help="Remove the rate limit."),
+                        click.option("--no-quota", is_flag=True, help="Remove the quota.")]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def limit_changes(rate: str | None, burst: int | None, quota: str | None,
+                  no_rate: bool = False, no_quota: bool = False) -> LimitChanges | None:
+    """The limits the options give, None when they give none."""
+    if rate is not None and no_rate:
+        raise click.UsageError("give --rate or --no-rate, not both")
+    if quota is not None and no_quota:
+        raise click.UsageError("give --quota or --no-quota, not both")
+    if rate is None and burst is None and quota is None and not no_rate and not no_quota:
+        return None
+    return LimitChanges(
+        rate=None if no_rate else (UNSET if rate is None else rate),
+        burst=None if no_rate else (UNSET if burst is None else burst),
+        quota=None if no_quota else (UNSET if quota is None else quota))

@@ -14,6 +14,7 @@ from gateway.keys import importing
 from gateway.keys.model import API_KEY, HMAC_KEY, Account
 from gateway.keys.service import UNSET, KeyService, Unset
 from gateway.keys.text import escape
+from gateway.limits import readout
 
 from .common import (
     ACCOUNT_CACHE_MAX,
@@ -21,13 +22,15 @@ from .common import (
     config_option,
     confirm,
     json_option,
+    limit_changes,
+    limit_options,
     parse_duration_option,
     parse_expiry,
     parse_time,
     with_service,
     yes_option,
 )
-from .output import JsonArrayStream, TableStream, emit, emit_json, emit_record
+from .output import JsonArrayStream, TableStream, emit, emit_json, emit_record, emit_table
 
 # -- keys ----------------------------------------------------------------------------------------
 
@@ -47,17 +50,20 @@ def keys() -> None:
 @click.option("--expires-in", help="Lifetime such as 30d, 12h or 90m.")
 @click.option("--expires-at", help="Expiry as ISO 8601, e.g. 2027-01-31T00:00:00Z.")
 @click.option("--description", default="", help="Free text shown in listings.")
+@limit_options(removable=False)
 @json_option
 @config_option
 @with_service
 async def keys_create(service: KeyService, account_id: str, key_type: str,
                       scopes: tuple[str, ...], expires_in: str | None, expires_at: str | None,
-                      description: str, as_json: bool) -> None:
+                      description: str, rate: str | None, burst: int | None,
+                      quota: str | None, as_json: bool) -> None:
     """Create a key. Its secret is printed once and can never be shown again."""
     expiry = parse_expiry(expires_in, expires_at)
     key, secret = await service.create_key(
         account_id=account_id, key_type=API_KEY if key_type == "api-key" else HMAC_KEY,
-        scopes=scopes, expires_at=expiry, description=description)
+        scopes=scopes, expires_at=expiry, description=description,
+        limits=limit_changes(rate, burst, quota))
     record = {**key.public(), "secret": secret}
     if key.type == HMAC_KEY:
         record["token"] = key.id  # the source system's name for an HMAC key's id
@@ -75,9 +81,36 @@ async def keys_create(service: KeyService, account_id: str, key_type: str,
 @with_service
 async def keys_show(service: KeyService, key_id: str, as_json: bool) -> None:
     """Show a key (never its secret)."""
-    key = await service.get_key(key_id)
-    record = key.public(await service.last_used(key_id))
+    record = await service.key_view(await service.get_key(key_id))
+    if not as_json:
+        record["quotas"] = "; ".join(
+            f"{q['policy']} {q['quota']}: {q['remaining']} left ({q['used']} used)"
+            + (f", resets {q['resets_at']}" if q["resets_at"] else "")
+            for q in record["quotas"]) or None
     emit(record, as_json)
+
+
+@keys.command("usage")
+@click.argument("key_id")
+@click.option("--days", type=click.IntRange(1, 7), default=1, show_default=True,
+              help="How many UTC days back, today included (usage is kept 7 days).")
+@click.option("--per-minute", is_flag=True, help="One row a minute instead of an hour.")
+@json_option
+@config_option
+@with_service
+async def keys_usage(service: KeyService, key_id: str, days: int, per_minute: bool,
+                     as_json: bool) -> None:
+    """A key's requests and refusals (rate_limited, quota_exhausted, ...) per hour or
+    minute; hours and minutes without requests are left out."""
+    series = await service.usage(key_id, days=days)
+    rows = series if per_minute else readout.by_hour(series)
+    if as_json:
+        emit_json({"key_id": key_id, "step": "minute" if per_minute else "hour", "usage": rows})
+        return
+    when = "minute" if per_minute else "hour"
+    reasons = sorted({reason for row in rows for reason in row["refused"]})
+    emit_table([{when: row[when], "ok": row["ok"], **row["refused"]} for row in rows],
+               [when, "ok", *reasons])
 
 
 
@@ -142,6 +175,7 @@ async def keys_list(service: KeyService, account_id: str | None, as_json: bool) 
 @click.option("--expires-at", help="New expiry as ISO 8601, e.g. 2027-01-31T00:00:00Z.")
 @click.option("--no-expiry", is_flag=True, help="Remove the expiry: the key never expires.")
 @click.option("--description", help="New free-text description.")
+@limit_options(removable=True)
 @click.option("--scope", "scope", multiple=True, hidden=True, expose_value=False,
               callback=lambda ctx, param, value: _immutable(value, "scopes"))
 @click.option("--account", hidden=True, expose_value=False,
@@ -155,33 +189,37 @@ async def keys_list(service: KeyService, account_id: str | None, as_json: bool) 
 @with_service
 async def keys_update(service: KeyService, key_id: str, expires_in: str | None,
                       expires_at: str | None, no_expiry: bool, description: str | None,
-                      as_json: bool) -> None:
-    """Change a key's expiry and/or description: the only things about a key that can change
-    (SPEC §1). Give one of --expires-in, --expires-at or --no-expiry, or --description, or
-    both. To change scopes, account or type, create a new key."""
+                      rate: str | None, burst: int | None, quota: str | None, no_rate: bool,
+                      no_quota: bool, as_json: bool) -> None:
+    """Change a key's expiry, description or limits: the only things about a key that can
+    change (SPEC §1, §11). Give one of --expires-in, --expires-at or --no-expiry, and/or
+    --description, and/or limits. To change scopes, account or type, create a new key."""
+    limits = limit_changes(rate, burst, quota, no_rate, no_quota)
     given = [name for name, value in (("--expires-in", expires_in), ("--expires-at", expires_at),
                                       ("--no-expiry", no_expiry or None)) if value is not None]
     if len(given) > 1:
         raise click.UsageError(f"give only one of --expires-in, --expires-at and --no-expiry "
                                f"(got {' and '.join(given)})")
-    if not given and description is None:
+    if not given and description is None and limits is None:
         raise click.UsageError("nothing to change: give --expires-in, --expires-at, "
-                               "--no-expiry or --description")
+                               "--no-expiry, --description, --rate, --burst, --quota, "
+                               "--no-rate or --no-quota")
     expiry: float | Unset | None = UNSET
     if no_expiry:
         expiry = None
     elif given:
         expiry = parse_expiry(expires_in, expires_at)
     key = await service.update_key(key_id, expires_at=expiry,
-                                   description=UNSET if description is None else description)
+                                   description=UNSET if description is None else description,
+                                   limits=limits)
     view = await service.key_view(key)
     emit(view, as_json)
 
 
 def _immutable(value: Any, what: str) -> None:
     if value:
-        raise click.UsageError(f"only a key's expiry and description can change; create a new "
-                               f"key to change its {what}")
+        raise click.UsageError(f"only a key's expiry, description and limits can change; "
+                               f"create a new key to change its {what}")
 
 
 @keys.command("delete")

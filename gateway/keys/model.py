@@ -47,6 +47,10 @@ class Account:
     enabled: bool = True
     api_access: bool = True  # the "API calls" right of the source system
     created_at: float = 0.0
+    # Shared by the account's keys (SPEC §11; gateway/limits): canonical text, None for none.
+    rate: str | None = None  # "100/s", "6000/min", "1000/h"
+    burst: int | None = None  # the bucket's size; None: the rate's count
+    quota: str | None = None  # "10000/day", "10000/month", "10000" (a total)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -59,6 +63,9 @@ class Account:
         out = asdict(self)
         out["created_at"] = iso(self.created_at)
         return out
+
+    def with_changes(self, **changes: Any) -> Account:
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,10 @@ class KeyRecord:
     previous_hash: str | None = None
     previous_until: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Limits of this key alone (SPEC §11; gateway/limits), as on Account.
+    rate: str | None = None
+    burst: int | None = None
+    quota: str | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -106,4 +117,7 @@ class KeyRecord:
             "last_used_at": iso(last_used_at),
             "masked_secret": self.masked_secret(),
             "previous_secret_valid_until": iso(self.previous_until),
+            "rate": self.rate,
+            "burst": self.burst,
+            "quota": self.quota,
         }

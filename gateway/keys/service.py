@@ -36,6 +36,8 @@ from gateway.keys.model import (
 from gateway.keys.secrets import SecretBox
 from gateway.keys.store import KeyStore, Swap, is_cursor, ms
 from gateway.keys.text import check_text
+from gateway.limits import policy, readout
+from gateway.limits.applied import NO_LIMITS, applied_limits
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 1000
@@ -123,12 +125,16 @@ class KeyService:
         return account
 
     async def update_account(self, account_id: str, *, enabled: bool | None = None,
-                             api_access: bool | None = None) -> Account:
+                             api_access: bool | None = None,
+                             limits: LimitChanges | None = None) -> Account:
+        """`limits`: the rate, burst and quota to set (None in one: removed), SPEC §11."""
+        checked = limit_fields(limits) if limits else {}
+
         def change(account: Account) -> Account:
-            return Account(
-                id=account.id, name=account.name, created_at=account.created_at,
+            return account.with_changes(
                 enabled=account.enabled if enabled is None else enabled,
                 api_access=account.api_access if api_access is None else api_access,
+                **checked,
             )
 
         for attempt in range(MAX_ATTEMPTS):
@@ -142,7 +148,7 @@ class KeyService:
                 await self._audit("account.update", [account_id],
                                   **{k: v for k, v in (("enabled", enabled),
                                                        ("api_access", api_access))
-                                     if v is not None})
+                                     if v is not None}, **checked)
                 return changed
             if outcome is Swap.GONE:
                 raise NotFound(f"no account with id {account_id!r}")
@@ -196,8 +202,10 @@ class KeyService:
 
     async def create_key(self, *, account_id: str, key_type: str = API_KEY,
                          scopes: Iterable[str] | None = None, expires_at: float | None = None,
-                         description: str = "") -> tuple[KeyRecord, str]:
+                         description: str = "", limits: LimitChanges | None = None
+                         ) -> tuple[KeyRecord, str]:
         """Create a key; return it and its secret, which is never available again."""
+        checked = limit_fields(limits) if limits else {}
         if key_type not in KEY_TYPES:
             raise InvalidRequest("type", f"must be one of {', '.join(KEY_TYPES)}")
         if key_type == HMAC_KEY:
@@ -222,7 +230,7 @@ class KeyService:
                         "secret_tail": apikey.tail(secret)}
         key = KeyRecord(id=key_id, type=key_type, account_id=account.id, scopes=chosen,
                         created_at=now, expires_at=expires_at,
-                        description=self._description(description), **material)
+                        description=self._description(description), **material, **checked)
         stands = await self.store.create_key(key)
         if not stands or await self.store.get_account(account.id) is None:
             # The account was deleted meanwhile (or the key with it): a key of no account must
@@ -230,7 +238,7 @@ class KeyService:
             await self.store.delete_key(key)
             raise NotFound(f"no account with id {account_id!r}")
         await self._audit("key.create", [key.id], account_id=account.id, type=key_type,
-                          scopes=list(chosen), expires_at=iso(expires_at))
+                          scopes=list(chosen), expires_at=iso(expires_at), **checked)
         return key, secret
 
     async def get_key(self, key_id: str) -> KeyRecord:
@@ -248,7 +256,20 @@ class KeyService:
         return await self.store.last_used(key_id)
 
     async def key_view(self, key: KeyRecord) -> dict[str, Any]:
-        return key.public(await self.store.last_used(key.id))
+        """A key as shown alone: with its quotas' (and its account's) used and remaining counts
+        (SPEC §11). Listings leave those out: a Redis read a quota, per key."""
+        view = key.public(await self.store.last_used(key.id))
+        account = await self.store.get_account(key.account_id)
+        limits = applied_limits(key.id, key, key.account_id, account or NO_LIMITS, "",
+                                NO_LIMITS)
+        view["quotas"] = await readout.quota_status(self.store.redis, limits, self.clock())
+        return view
+
+    async def usage(self, key_id: str, *, days: int = readout.USAGE_DAYS
+                    ) -> list[dict[str, Any]]:
+        """The key's requests and refusals per minute, the last `days` days (SPEC §11)."""
+        await self.get_key(key_id)
+        return await readout.usage(self.store.redis, key_id, days=days, now=self.clock())
 
     async def list_keys(self, *, account_id: str | None = None, cursor: str | None = None,
                         limit: int = DEFAULT_PAGE) -> Page:
@@ -273,18 +294,21 @@ class KeyService:
             cursor = page.next_cursor
 
     async def update_key(self, key_id: str, *, expires_at: float | _Unset | None = UNSET,
-                         description: str | _Unset = UNSET) -> KeyRecord:
-        """Only the expiry and the description of a key can change (SPEC §1), for both types.
-        An HMAC key's expiry can move but not go: it needs one (SPEC §1). Its description can
-        change too, as an API key's can: free text that grants nothing (issue 17, item 10)."""
-        changes: dict[str, Any] = {}
+                         description: str | _Unset = UNSET,
+                         limits: LimitChanges | None = None) -> KeyRecord:
+        """Only the expiry, the description and the limits of a key can change (SPEC §1,
+        §11), for both types. An HMAC key's expiry can move but not go: it needs one (SPEC §1).
+        Its description can change too, as an API key's can: free text that grants nothing
+        (issue 17, item 10). Limits are policy, not identity (issue 20)."""
+        changes: dict[str, Any] = dict(limit_fields(limits)) if limits else {}
         if expires_at is not UNSET:
             self._check_expiry(expires_at, self.clock())
             changes["expires_at"] = expires_at
         if description is not UNSET:
             changes["description"] = self._description(description)
         if not changes:
-            raise InvalidRequest("key", "nothing to change: give an expiry or a description")
+            raise InvalidRequest("key", "nothing to change: give an expiry, a description, "
+                                        "a rate or a quota")
 
         def change(key: KeyRecord) -> KeyRecord:
             # On the record as read: the type is known only there, and a key left without an
@@ -431,6 +455,46 @@ class KeyService:
 
 
 _AUDIT_ID = re.compile(r"^\d{1,20}-\d{1,20}$", re.ASCII)  # ASCII: int() reads other digits too
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChanges:
+    """Limits to set on a key or an account (SPEC §11): UNSET leaves one as it is, None
+    removes it."""
+
+    rate: str | _Unset | None = UNSET
+    burst: int | _Unset | None = UNSET
+    quota: str | _Unset | None = UNSET
+
+
+def limit_fields(limits: LimitChanges) -> dict[str, Any]:
+    """The record fields `limits` sets, checked and in canonical text; InvalidRequest naming
+    the field otherwise."""
+    out: dict[str, Any] = {}
+    if limits.rate is not UNSET:
+        if limits.rate is None:
+            out["rate"] = None
+        else:
+            try:
+                out["rate"] = str(policy.parse_rate(limits.rate))
+            except policy.PolicyError as exc:
+                raise InvalidRequest("rate", str(exc)) from None
+    if limits.burst is not UNSET:
+        if limits.burst is not None:
+            try:
+                policy.rate_of(1, 1.0, limits.burst)
+            except policy.PolicyError as exc:
+                raise InvalidRequest("burst", str(exc)) from None
+        out["burst"] = limits.burst
+    if limits.quota is not UNSET:
+        if limits.quota is None:
+            out["quota"] = None
+        else:
+            try:
+                out["quota"] = str(policy.parse_quota(limits.quota))
+            except policy.PolicyError as exc:
+                raise InvalidRequest("quota", str(exc)) from None
+    return out
 
 
 async def _back_off(attempt: int) -> None:

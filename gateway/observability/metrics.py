@@ -61,6 +61,10 @@ CONFIG_RELOADS = Counter("gateway_config_reloads", "Config reloads, by result (o
 ADMIN_AUTH_FAILURES = Counter("gateway_admin_auth_failures",
                               "Admin API requests refused for their token, by reason "
                               "(missing, invalid)", ["reason"])
+LIMIT_REFUSALS = Counter("gateway_limit_refusals",
+                         "Requests refused by a rate limit or quota (SPEC §11), by key and "
+                         "reason (rate_limited, quota_exhausted, key_store_unavailable)",
+                         ["key_id", "reason"])
 IN_FLIGHT = Gauge("gateway_requests_in_flight", "Requests being handled now",
                   multiprocess_mode="livesum")
 

@@ -38,6 +38,8 @@ class UpstreamRequest:
     fields: str  # the header lines but Host and framing (headers.upstream_request_fields)
     request_id: str
     body: bytes | None = None  # already read (a signed body); else the body is streamed
+    # Added to the client's answer: the RateLimit fields of the key's limits (gateway/limits).
+    response_headers: tuple[tuple[str, str], ...] = ()
 
 
 def request_head(upstream: UpstreamRequest, framing: str) -> bytes:
@@ -129,6 +131,9 @@ async def _answer(conn: UpstreamConnection, exchange: Exchange,
     status, reason = conn.status, conn.reason or b"-"
     head_only = upstream.method == "HEAD" or status in (204, 304)
     headers = client_response_pairs(conn.headers, upstream.request_id, keep_length=head_only)
+    if upstream.response_headers:
+        headers.extend((name.encode("ascii"), value.encode("ascii"))
+                       for name, value in upstream.response_headers)
     if head_only:
         exchange.send_whole(status, reason, headers, b"", head_only=True)
         return

@@ -11,13 +11,16 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from gateway.auth.authenticator import Authenticator
+from gateway.auth.authenticator import Authenticated, Authenticator
 from gateway.auth.locations import header_names, query_names, without_parameters
 from gateway.auth.throttle import COUNTED_CODES, FailureThrottle, client_address, refusal
 from gateway.config import Config, IPNetwork, RouteConfig
 from gateway.errors import RequestRefused
+from gateway.limits.applied import applied_limits
+from gateway.limits.sync import LimitSync
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import (
+    LIMIT_REFUSALS,
     REQUEST_DURATION,
     REQUESTS,
     UPSTREAM_DURATION,
@@ -38,6 +41,12 @@ from gateway.proxy.upstream import Origin, UpstreamPool
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499
+LIMIT_MESSAGES = {
+    "rate_limited": "this key is over its rate limit: slow down and retry after Retry-After",
+    "quota_exhausted": "this key's quota is used up until it refills (Retry-After)",
+    "key_store_unavailable": "this key's quota cannot be checked while the key store is "
+                             "unavailable; retry later",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +103,10 @@ class ProxyState:
 class ProxyHandler:
     def __init__(self, state: ProxyState, pool: UpstreamPool, authenticator: Authenticator,
                  access_log: AccessLog | None = None,
-                 throttle: FailureThrottle | None = None) -> None:
+                 throttle: FailureThrottle | None = None,
+                 limiter: LimitSync | None = None) -> None:
         self.state = state
+        self.limiter = limiter
         self.throttle = throttle
         self.pool = pool
         self.authenticator = authenticator
@@ -120,6 +131,7 @@ class ProxyHandler:
         outcome = "ok"
         upstream_seconds: float | None = None
         body: bytes | None = None
+        limit_headers: tuple[tuple[str, str], ...] = ()
         try:
             try:
                 match, query = state.routes.resolve(exchange.raw_path)
@@ -128,7 +140,10 @@ class ProxyHandler:
                 peer = exchange.remote
                 trusted = state.config.listen.trusted_proxies
                 if not route.public:
-                    identity, body = await self._authenticate(exchange, route, peer, trusted)
+                    authenticated = await self._authenticate(exchange, route, peer, trusted)
+                    identity, body = authenticated.identity, authenticated.body
+                    if self.limiter is not None and authenticated.key is not None:
+                        limit_headers = await self._limit(authenticated, route, identity)
                 trusted_peer = bool(trusted) and is_trusted(peer, trusted)
                 key_headers = state.key_headers.get(route.name)
                 if key_headers is not None:
@@ -153,7 +168,8 @@ class ProxyHandler:
                 upstream = UpstreamRequest(route=route, origin=address.origin,
                                            host=address.host, method=exchange.method,
                                            target=target_text, fields=fields,
-                                           request_id=request_id, body=body)
+                                           request_id=request_id, body=body,
+                                           response_headers=limit_headers)
                 if exchange.client_gone:
                     return  # left while being authenticated: nothing is sent upstream
                 upstream_started = time.perf_counter()
@@ -167,6 +183,8 @@ class ProxyHandler:
                 outcome = refused.code
                 if identity is None and refused.identity is not None:
                     identity = dict(refused.identity)  # for the access log only
+                if limit_headers:  # an authenticated answer: the RateLimit fields too
+                    refused.headers = {**dict(limit_headers), **refused.headers}
                 if not exchange.started:
                     exchange.send_error(refused, request_id)
         finally:
@@ -176,12 +194,30 @@ class ProxyHandler:
             self._account(exchange, request_id, route_name, outcome, identity,
                           time.perf_counter() - started, upstream_seconds)
 
+    async def _limit(self, authenticated: Authenticated, route: RouteConfig,
+                     identity: dict[str, str]) -> tuple[tuple[str, str], ...]:
+        """The rate limits and quotas on this key (gateway/limits): the RateLimit fields for
+        the answer, or RequestRefused (429, or 503 for a quota that fails closed while the
+        store is away). Decided in this worker: no store call here."""
+        key, account = authenticated.key, authenticated.account
+        assert key is not None and account is not None and self.limiter is not None
+        limits = applied_limits(key.id, key, account.id, account, route.name, route)
+        decision = await self.limiter.check(limits, key.id)
+        if decision.admitted:
+            return decision.headers
+        reason = decision.reason or "rate_limited"
+        TALLY.counter(LIMIT_REFUSALS, key.id, reason).inc()
+        refused = RequestRefused(reason, LIMIT_MESSAGES.get(reason, reason),
+                                 {"Retry-After": str(decision.retry_after),
+                                  **dict(decision.headers)})
+        refused.identity = identity
+        raise refused
+
     async def _authenticate(self, exchange: Exchange, route: RouteConfig, peer: str | None,
-                            trusted: tuple[IPNetwork, ...]) -> tuple[dict[str, str], bytes | None]:
+                            trusted: tuple[IPNetwork, ...]) -> Authenticated:
         throttle = self.throttle
         if throttle is None:
-            authenticated = await self.authenticator.authenticate(exchange, route)
-            return authenticated.identity, authenticated.body
+            return await self.authenticator.authenticate(exchange, route)
         # Brute force: a client past its failure budget gets 429 unless its credential is one
         # this worker holds as valid in memory (so a blocked address, a NAT or a load
         # balancer's, does not lock out the clients behind it whose keys are in use); nothing
@@ -199,14 +235,14 @@ class ProxyHandler:
                 if refused.code in COUNTED_CODES:
                     raise refusal(wait) from None
                 raise
-            return authenticated.identity, authenticated.body
+            return authenticated
         try:
             authenticated = await self.authenticator.authenticate(exchange, route)
         except RequestRefused as refused:
             if refused.code in COUNTED_CODES:
                 throttle.record_failure(client)
             raise
-        return authenticated.identity, authenticated.body
+        return authenticated
 
     def _account(self, request: Exchange, request_id: str, route_name: str, outcome: str,
                  identity: dict[str, str] | None, seconds: float,
