@@ -13,8 +13,8 @@ while Redis answers, and a worker killed with a lease only leaves its tokens unu
 
 Leases expire (`lease_ttl`): unused tokens go back to Redis at the next sync (a rate's bucket
 takes them up to its burst; a quota's count is lowered), so nobody hoards them after traffic
-moves. Quota leases are also capped to 1% of the quota, so tokens stranded by a killed worker
-cost at most that much under-use.
+moves. Quota leases are also capped to 1% of the quota (or 10 tokens, if more), so tokens
+stranded by a killed worker cost at most that much under-use.
 
 Three outcomes. `admit` and `refuse` are final. `wait` means this worker cannot tell yet: a
 policy it has never synced, or a lease that ran dry while Redis had plenty at the last sync (a
@@ -27,8 +27,9 @@ Redis down (`online` False): a rate is enforced per worker at its *share* of the
 part of the fleet's grants it received over the last SHARE_WINDOW seconds, at least
 `outage_min_share`), in a local bucket; a quota spends what is left of its lease, then admits
 (fail open) or refuses with `key_store_unavailable` (fail closed) by period: by default open
-for day and month, closed for a total. What a fail-open quota admitted meanwhile is added to
-Redis's count when it answers again (see `plan`).
+for day and month, closed for a total. What was admitted meanwhile without a lease is owed:
+added to a quota's count when Redis answers again, and taken from a rate's bucket (down to
+empty, no further: a bucket forgives what is older than one window anyway).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ QUOTA_EXHAUSTED = "quota_exhausted"
 STORE_UNAVAILABLE = "key_store_unavailable"
 SHARE_WINDOW = 5.0  # seconds of grants a worker's outage share is measured over
 IDLE_DROP = 60.0  # a lease unused this long is forgotten (its tokens given back first)
-QUOTA_LEASE_FRACTION = 0.01  # a quota lease holds at most this part of the quota
+QUOTA_LEASE_FRACTION = 0.01  # a quota lease holds at most this part of the quota...
+QUOTA_LEASE_MIN = 10.0  # ...or this many tokens, if more
 MAX_USAGE_ENTRIES = 100_000  # usage counts waiting for a flush, per worker
 DEFAULT_FAIL_OPEN: dict[QuotaPeriod, bool] = {"day": True, "month": True, "total": False}
 
@@ -118,11 +120,12 @@ class Lease:
     last_used: float = 0.0
     server_remaining: float = 0.0  # what Redis had left after its last grant
     exhausted: bool = False  # a quota Redis reported used up
-    waiting: bool = False  # a request waits for this lease's next sync
+    waiting: int = 0  # requests waiting for this lease's next sync
     in_flight: bool = False
     refund: int = 0  # tokens to give back at the next sync
     period: str = ""  # a quota's period label the lease belongs to
     grants: deque[tuple[float, int]] = field(default_factory=deque)
+    first_grant: float = math.inf
     outage_level: float = 0.0  # the local bucket while Redis is away
     outage_at: float = 0.0
     owed: dict[str, int] = field(default_factory=dict)  # period label -> admitted offline
@@ -133,7 +136,9 @@ class Lease:
         while self.grants and self.grants[0][0] < now - SHARE_WINDOW:
             self.grants.popleft()
         granted = sum(n for _, n in self.grants)
-        return min(1.0, max(floor, granted / (rule.per_second * SHARE_WINDOW)))
+        # Over the window, or since the first grant if that is more recent (a young lease).
+        span = min(SHARE_WINDOW, max(now - self.first_grant, 1.0))
+        return min(1.0, max(floor, granted / (rule.per_second * span)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +163,7 @@ class LeaseTable:
         self.wall = wall
         self.leases: dict[str, Lease] = {}
         self.online = True
+        self.closing = False
         # (scope, UTC day, field) -> count; field "HHMM:ok" or "HHMM:<reason>"
         self.usage: dict[tuple[str, str, str], int] = {}
         self.usage_dropped = 0
@@ -180,7 +186,7 @@ class LeaseTable:
             verdict = self._check(lease, now, wall, final)
             if verdict == "wait":
                 wait = True
-                lease.waiting = True
+                lease.waiting += 1
             elif verdict is not None:
                 refusal = _worse(refusal, verdict)
         if refusal is not None:
@@ -226,6 +232,10 @@ class LeaseTable:
             return QUOTA_EXHAUSTED, quota_retry_after(rule, wall)
         if self.online and not final:
             return "wait"
+        if self.online and lease.known:
+            # Redis has quota left but this worker's lease fell short of a sudden crowd:
+            # a pace refusal, not a used-up quota.
+            return RATE_LIMITED, 1
         if self.settings.fails_open(rule.period):
             return None
         return STORE_UNAVAILABLE, 1
@@ -237,8 +247,8 @@ class LeaseTable:
         self.admitted_unleased += 1
         if isinstance(lease.limit.rule, Rate):
             lease.outage_level -= 1
-        else:  # a fail-open quota: Redis's count takes it when it answers again
-            lease.owed[lease.period] = lease.owed.get(lease.period, 0) + 1
+        # Redis takes it into account when it answers again: a quota's count, a rate's bucket
+        lease.owed[lease.period] = lease.owed.get(lease.period, 0) + 1
 
     def _refill_outage(self, lease: Lease, now: float) -> None:
         rule = lease.limit.rule
@@ -306,8 +316,10 @@ class LeaseTable:
                     continue
             want = self._want(lease, settings)
             take = 0
-            if lease.waiting or lease.tokens < want / 2:
-                take = max(math.ceil(want) - lease.tokens, 1 if lease.waiting else 0)
+            if self.closing:
+                pass  # the last sync of a stopping worker gives back, takes nothing
+            elif lease.waiting or lease.tokens < want / 2:
+                take = max(math.ceil(want) - lease.tokens, lease.waiting)
             owed = tuple(lease.owed.items())
             if take or lease.refund or owed:
                 lease.in_flight = True
@@ -320,14 +332,16 @@ class LeaseTable:
         if isinstance(rule, Rate):
             return min(want, rule.burst)
         if lease.exhausted:
-            return 1.0 if lease.waiting else 0.0
-        return min(want, max(1.0, rule.limit * QUOTA_LEASE_FRACTION))
+            return float(min(lease.waiting, 1))
+        cap = max(QUOTA_LEASE_MIN, rule.limit * QUOTA_LEASE_FRACTION)
+        return min(max(want, lease.waiting), cap)
 
     def settle(self, ask: Ask, granted: int, remaining: float) -> None:
         """Redis answered `ask`: `granted` tokens, `remaining` left in its bucket after."""
         now = self.clock()
         lease = ask.lease
-        lease.in_flight = lease.waiting = False
+        lease.in_flight = False
+        lease.waiting = 0
         lease.refund -= ask.refund
         for label, count in ask.owed:
             left = lease.owed.get(label, 0) - count
@@ -343,6 +357,7 @@ class LeaseTable:
             granted < ask.take
         if granted:
             lease.grants.append((now, granted))
+            lease.first_grant = min(lease.first_grant, now)
         lease.outage_level, lease.outage_at = 0.0, now
         self.online = True
 

@@ -13,7 +13,8 @@ sync go out in one non-transactional pipeline, which redis-py's cluster client s
 
 The Lua script is the authority (Redis's TIME, so worker clocks do not matter for rates):
 - `R` (rate): a token bucket as a hash {t: tokens, ms: last refill}; refill at the rate up to
-  the burst, add the give-back, grant min(asked, whole tokens), answer grant and what is left.
+  the burst, add the give-back, take what was admitted during an outage (down to empty), grant
+  min(asked, whole tokens), answer grant and what is left.
   The key expires once it would be full again anyway.
 - `Q` (quota): a used-count per period key (`...:quota:day:2026-12-03`); lower by the
   give-back, grant min(asked, limit - used), answer grant and what is left. Period keys expire
@@ -72,14 +73,15 @@ for k = 1, #KEYS do
   if op == 'R' then
     local per_ms, burst = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
     local take, refund = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-    a = a + 5
+    local debit = tonumber(ARGV[a + 5])
+    a = a + 6
     local state = redis.call('HMGET', key, 't', 'ms')
     local tokens = burst
     if state[1] then
       local elapsed = math.max(0, now_ms - tonumber(state[2]))
       tokens = math.min(burst, tonumber(state[1]) + elapsed * per_ms)
     end
-    tokens = math.min(burst, tokens + refund)
+    tokens = math.max(0, math.min(burst, tokens + refund) - debit)
     local grant = math.max(0, math.min(take, math.floor(tokens)))
     tokens = tokens - grant
     redis.call('HSET', key, 't', tostring(tokens), 'ms', tostring(now_ms))
@@ -179,6 +181,7 @@ class LimitSync:
         """Stop syncing, after one last sync that gives back unused tokens and flushes usage
         (a worker stopped abruptly skips this: its tokens are merely lost, under-use)."""
         await self.periodic.stop()
+        self.table.closing = True
         for lease in self.table.leases.values():
             lease.refund += lease.tokens
             lease.tokens = 0
@@ -196,10 +199,13 @@ class LimitSync:
         """The decision for a request: immediate when the worker holds leases for it (the usual
         case), else after the next background sync (at most WAIT_LIMIT seconds)."""
         decision = self.table.decide(limits, usage_scope)
-        if decision.outcome != "wait":
-            return decision
-        await self.synced()
-        return self.table.decide(limits, usage_scope, final=True)
+        deadline = time.monotonic() + WAIT_LIMIT
+        while decision.outcome == "wait":
+            left = deadline - time.monotonic()
+            if left > 0:
+                await self.synced(left)
+            decision = self.table.decide(limits, usage_scope, final=left <= 0)
+        return decision
 
     async def synced(self, patience: float = WAIT_LIMIT) -> None:
         """Wake the sync and wait until it has run (or `patience` seconds)."""
@@ -233,6 +239,14 @@ class LimitSync:
     async def _exchange(self, flush_usage: bool) -> None:
         table = self.table
         asks = table.plan()
+        try:
+            await self._send_asks(asks, flush_usage)
+        except BaseException:
+            table.failed(asks)  # also when cancelled mid-call: the asks are made again
+            raise
+
+    async def _send_asks(self, asks: list[Ask], flush_usage: bool) -> None:
+        table = self.table
         now = time.monotonic()
         flush_usage = flush_usage or now - self._last_usage_flush >= self.usage_flush
         calls: dict[int, list[_Call]] = {}
@@ -262,8 +276,7 @@ class LimitSync:
             return
         try:
             replies = await self._send(every)
-        except StoreError:
-            table.failed(asks)
+        except BaseException:
             for call in every:
                 table.restore_usage(call.usage)
             raise
@@ -297,7 +310,8 @@ class LimitSync:
             key = rate_key(limit)
             call = self._call_for(calls, key)
             call.keys.append(key)
-            call.args += ["R", repr(rule.per_second / 1000), rule.burst, ask.take, ask.refund]
+            call.args += ["R", repr(rule.per_second / 1000), rule.burst, ask.take, ask.refund,
+                          sum(count for _, count in ask.owed)]
             call.answered.append(ask)
             return
         wall = self.table.wall()
