@@ -33,6 +33,7 @@ from gateway.proxy.headers import (
 )
 from gateway.proxy.listener import Exchange
 from gateway.proxy.routing import RouteTable
+from gateway.proxy.tls import CLIENT_SUBJECT_HEADER, UpstreamTls
 from gateway.proxy.upstream import Origin, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,9 @@ class UpstreamAddress:
     host: str  # the Host header value
 
 
-def upstream_address(upstream: str) -> UpstreamAddress:
-    parts = urlsplit(upstream)
-    tls = parts.scheme == "https"
+def upstream_address(route: RouteConfig) -> UpstreamAddress:
+    parts = urlsplit(route.upstream)
+    tls = UpstreamTls(route.ca_file, route.tls_verify) if parts.scheme == "https" else None
     host = parts.hostname or ""
     port = parts.port or (443 if tls else 80)
     shown = f"[{host}]" if ":" in host else host
@@ -71,7 +72,7 @@ class ProxyState:
     @classmethod
     def from_config(cls, config: Config) -> ProxyState:
         return cls(config=config, routes=RouteTable(config.routes),
-                   upstreams={r.name: upstream_address(r.upstream) for r in config.routes},
+                   upstreams={r.name: upstream_address(r) for r in config.routes},
                    drop_untrusted=untrusted_drop(config.listen.strip_headers))
 
 
@@ -114,13 +115,15 @@ class ProxyHandler:
                 if not route.public:
                     identity, body = await self._authenticate(exchange, route, peer, trusted)
                 trusted_peer = bool(trusted) and is_trusted(peer, trusted)
+                subject = exchange.client_subject  # verified (mTLS); a client's copy is dropped
                 fields = upstream_request_fields(
                     exchange.headers,
                     peer=peer,
                     trusted_peer=trusted_peer,
                     scheme=exchange.scheme,
                     request_id=request_id,
-                    identity=identity,
+                    identity=identity if subject is None
+                    else {**(identity or {}), CLIENT_SUBJECT_HEADER: subject},
                     drop=DROP_INBOUND if trusted_peer else state.drop_untrusted,
                 )
                 address = state.upstreams[route.name]
