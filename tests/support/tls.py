@@ -83,9 +83,11 @@ class CertificateAuthority:
         key_path.write_bytes(_pem_key(key))
         return certificate
 
-    def issue_server(self, cert_path: Path, key_path: Path,
-                     common_name: str = "localhost") -> x509.Certificate:
-        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    def issue_server(self, cert_path: Path, key_path: Path, common_name: str = "localhost",
+                     dns_names: tuple[str, ...] = ("localhost",),
+                     addresses: tuple[str, ...] = ("127.0.0.1",)) -> x509.Certificate:
+        names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+        names += [x509.IPAddress(ipaddress.ip_address(address)) for address in addresses]
         return self._issue(_name(common_name), [x509.SubjectAlternativeName(names)],
                            cert_path, key_path)
 
