@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 from cryptography import x509
@@ -165,7 +164,6 @@ async def test_bad_renewed_file_keeps_the_running_certificate(
     assert loop.failures == []
 
 
-@pytest.mark.slow
 async def test_workers_serve_the_renewed_certificate_after_sighup(
         tmp_path: Path, redis_clean: RedisServer, upstream: TestServer) -> None:
     ca = CertificateAuthority(tmp_path / "ca")
