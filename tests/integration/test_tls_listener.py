@@ -13,11 +13,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp.test_utils import TestServer
 
 from gateway.config import Config
 from gateway.keys.service import KeyService
 from tests.conftest import GatewayUnderTest, api_key, make_config, new_key
+from tests.support.processes import gateway_command
 from tests.support.redis_server import RedisServer
 from tests.support.tls import CertificateAuthority
 
@@ -226,3 +228,15 @@ async def test_mtls_required_refuses_a_client_without_certificate(
         http, https(gateway), client_context(pki, cert=pki.client_cert, key=pki.client_key))
     assert headers[SUBJECT.lower()] == "O=Example,CN=billing-service"
     assert headers["x-forwarded-proto"] == "https"
+
+
+def test_config_check_reports_a_bad_certificate(pki: Pki, tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    # The key where the certificate should be, named relative to the file's directory.
+    path.write_text(yaml.safe_dump({"listen": {"tls": {"cert": "server.key",
+                                                       "key": "server.key"}}}))
+    result = subprocess.run(gateway_command("config", "check", str(path)), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"gw.yaml: listen.tls.cert: cannot load the certificate {tmp_path / 'server.key'}" \
+        in result.stderr

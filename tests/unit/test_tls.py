@@ -4,7 +4,6 @@ gateway/proxy/tls.py builds from them."""
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from gateway.proxy.tls import (
     upstream_context,
     verified_subject,
 )
-from tests.support.processes import gateway_command
 from tests.support.tls import CertificateAuthority
 
 
@@ -176,12 +174,3 @@ def test_verified_subject_is_rfc4514_and_header_safe(tmp_path: Path) -> None:
     assert subject == 'O=Ex\\+ample,CN=svc\\, \\"x\\"\\0D\\0AX-Evil: 1'
     assert verified_subject(_FakeSsl(None)) is None  # type: ignore[arg-type]
     assert verified_subject(None) is None
-
-
-def test_config_check_reports_a_bad_certificate(files: dict[str, Path], tmp_path: Path) -> None:
-    path = tmp_path / "gw.yaml"
-    path.write_text(yaml.safe_dump(listen_tls(cert="server.key", key="server.key")))
-    result = subprocess.run(gateway_command("config", "check", str(path)), capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode != 0
-    assert "listen.tls.cert: cannot load the certificate" in result.stderr
