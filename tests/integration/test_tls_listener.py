@@ -4,8 +4,10 @@ sockets, and the clients operators use against it (curl, Python's ssl, openssl s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -91,6 +93,44 @@ async def test_python_client_reaches_the_upstream_over_tls_with_forwarded_proto_
     answer = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     assert b"200 OK" not in answer
+
+
+async def test_the_chain_in_the_certificate_file_is_served(
+        tmp_path: Path, redis_clean: RedisServer, upstream: TestServer, pki: Pki,
+        start_gateway: Any, http: aiohttp.ClientSession) -> None:
+    # Issued by an intermediate CA; clients trust only the root: they need the chain.
+    intermediate = CertificateAuthority(tmp_path / "intermediate", "intermediate CA", pki.ca)
+    intermediate.issue_server(pki.server_cert, pki.server_key)
+    assert pki.server_cert.read_text().count("BEGIN CERTIFICATE") == 2
+    gateway = await start_gateway(tls_config(redis_clean.url, upstream, pki))
+    headers = await echo_headers(http, https(gateway), client_context(pki))
+    assert headers["x-forwarded-proto"] == "https"
+
+
+async def test_an_early_answer_reaches_a_client_still_sending_its_body(
+        redis_clean: RedisServer, upstream: TestServer, pki: Pki, start_gateway: Any) -> None:
+    # 401 before the body is read: the client, still sending, must get to read it over TLS
+    # too (no reset that loses the answer).
+    gateway = await start_gateway(tls_config(redis_clean.url, upstream, pki, public=False))
+
+    def send() -> bytes:
+        context = client_context(pki)
+        with context.wrap_socket(socket.create_connection(
+                ("127.0.0.1", gateway.running.proxy_port), 10),
+                server_hostname="localhost") as sock:
+            sock.sendall(b"POST /echo/x HTTP/1.1\r\nHost: a\r\nContent-Length: 50000000\r\n\r\n")
+            with contextlib.suppress(OSError):
+                for _ in range(64):
+                    sock.sendall(b"x" * 65536)
+            answer = b""
+            with contextlib.suppress(OSError):
+                while data := sock.recv(65536):
+                    answer += data
+            return answer
+
+    answer = await asyncio.to_thread(send)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    assert b'"missing_credentials"' in answer
 
 
 async def test_forwarded_proto_from_a_trusted_proxy_is_kept_over_tls(

@@ -39,14 +39,19 @@ class CertificateAuthority:
     """A CA that issues as many certificates as a test needs (a renewed server certificate,
     client certificates); its certificate is at `cert`."""
 
-    def __init__(self, directory: Path, name: str = "gateway test CA") -> None:
+    def __init__(self, directory: Path, name: str = "gateway test CA",
+                 parent: CertificateAuthority | None = None) -> None:
+        """`parent`: an intermediate CA that CA signs (its certificates' files then hold the
+        chain: the certificate, then this CA's)."""
         self.directory = directory
+        self.parent = parent
         directory.mkdir(parents=True, exist_ok=True)
         now = datetime.datetime.now(datetime.UTC)
         self.key = ec.generate_private_key(ec.SECP256R1())
-        self.certificate = (
+        builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(name)).issuer_name(_name(name))
+            .subject_name(_name(name))
+            .issuer_name(parent.certificate.subject if parent else _name(name))
             .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=1))
             .not_valid_after(now + datetime.timedelta(days=1))
@@ -57,8 +62,11 @@ class CertificateAuthority:
                                          key_agreement=False, encipher_only=False,
                                          decipher_only=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()),
-                           critical=False)
-            .sign(self.key, hashes.SHA256()))
+                           critical=False))
+        if parent is not None:
+            builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                parent.key.public_key()), critical=False)
+        self.certificate = builder.sign(parent.key if parent else self.key, hashes.SHA256())
         self.cert = directory / f"{name.replace(' ', '-')}.pem"
         self.cert.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
 
@@ -78,8 +86,10 @@ class CertificateAuthority:
         for extension in extensions:
             builder = builder.add_extension(extension, critical=False)
         certificate = builder.sign(self.key, hashes.SHA256())
-        # PEM with the chain included (here the CA itself), as a server's file usually is.
-        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        # PEM with the chain after the certificate (an intermediate's), as servers take it.
+        chain = b"" if self.parent is None else self.certificate.public_bytes(
+            serialization.Encoding.PEM)
+        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM) + chain)
         key_path.write_bytes(_pem_key(key))
         return certificate
 
