@@ -97,7 +97,6 @@ class ServerTls:
     def reload(self, tls: TlsConfig) -> None:
         """Load the files again; on failure raise TlsLoadError and keep what runs."""
         context = server_context(tls)
-        context.sni_callback = self._choose
         # What an SSL object takes from its first context (protocol versions, whether a client
         # certificate is asked for) follows the new settings too.
         self.front.minimum_version = context.minimum_version
