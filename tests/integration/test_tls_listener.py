@@ -149,6 +149,7 @@ async def test_forwarded_proto_from_a_trusted_proxy_is_kept_over_tls(
     assert headers["x-forwarded-proto"] == "https"
 
 
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is absent (apt-get install curl)")
 async def test_curl_with_cacert_reaches_the_upstream(
         redis_clean: RedisServer, upstream: TestServer, pki: Pki, start_gateway: Any) -> None:
     gateway = await start_gateway(tls_config(redis_clean.url, upstream, pki))
@@ -183,7 +184,8 @@ def s_client(port: int, *args: str) -> subprocess.CompletedProcess[str]:
                           input="", capture_output=True, text=True, timeout=30)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is absent")
+@pytest.mark.skipif(shutil.which("openssl") is None,
+                    reason="the openssl command is absent (apt-get install openssl)")
 async def test_openssl_s_client_versions_and_alpn(
         redis_clean: RedisServer, upstream: TestServer, pki: Pki, start_gateway: Any) -> None:
     gateway = await start_gateway(tls_config(redis_clean.url, upstream, pki))
