@@ -31,6 +31,7 @@ from gateway.keys.masterkeys import (
     read_key_file,
 )
 from gateway.limits.policy import PolicyError, parse_quota, parse_rate, rate_of
+from gateway.proxy.tls import TlsLoadError, UpstreamTls, server_context, upstream_context
 from gateway.store.urls import parse_store_url
 
 T = TypeVar("T")
@@ -84,10 +85,29 @@ def normalise_prefix(prefix: str) -> str:
     return prefix.rstrip("/") or "/"
 
 
+TLS_MIN_VERSIONS = ("1.2", "1.3")
+CLIENT_CERT_MODES = ("optional", "required")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """`listen.tls`: the proxy listener terminates TLS (gateway/proxy/tls.py). Paths are
+    absolute: relative ones are read from the config file's directory."""
+
+    cert: Path  # PEM, the certificate first, then its chain
+    key: Path  # PEM
+    min_version: str = "1.2"  # or "1.3"
+    # A CA bundle (PEM): clients presenting a certificate it verifies have its subject passed
+    # upstream. `client_cert`: "required" (no verified certificate, no handshake) or "optional".
+    client_ca: Path | None = None
+    client_cert: str = "required"
+
+
 @dataclass(frozen=True, slots=True)
 class ListenConfig:
     host: str = "0.0.0.0"  # the proxy listener is meant to be reachable
     port: int = 8080
+    tls: TlsConfig | None = None  # None: plain HTTP
     # Peers whose X-Forwarded-* headers are trusted and extended rather than replaced.
     trusted_proxies: tuple[IPNetwork, ...] = ()
     # On SIGTERM, how long requests in flight may take to finish before they are cut.
@@ -224,6 +244,10 @@ class RouteConfig:
     rate: str | None = None
     burst: int | None = None
     quota: str | None = None
+    # An https:// upstream: its certificate is verified against the system's CAs, or against
+    # `ca_file` (PEM, absolute); `tls_verify: false` (explicit only) turns verification off.
+    ca_file: Path | None = None
+    tls_verify: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +276,8 @@ class Config:
         """Settings a reload cannot change in a running process."""
         fixed = [("listen.host", self.listen.host, new.listen.host),
                  ("listen.port", self.listen.port, new.listen.port),
+                 # On or off needs a new socket; files and settings are reloaded (proxy/tls.py).
+                 ("listen.tls", self.listen.tls is None, new.listen.tls is None),
                  ("admin.host", self.admin.host, new.admin.host),
                  ("admin.port", self.admin.port, new.admin.port),
                  ("status", self.status, new.status),
@@ -440,7 +466,8 @@ def _auth(value: object) -> tuple[str, ...]:
 
 
 _ROUTE_FIELDS = {"name", "prefix", "upstream", "strip_prefix", "scopes", "auth", "public",
-                 "timeout", "connect_timeout", "key_locations", "rate", "burst", "quota"}
+                 "timeout", "connect_timeout", "key_locations", "rate", "burst", "quota",
+                 "ca_file", "tls_verify"}
 
 
 def _rate(value: object) -> str:
@@ -466,7 +493,58 @@ def _quota(value: object) -> str:
         raise ValueError(str(exc)) from None
 
 
-def _route(reader: _Reader, raw: object, path: str,
+def _file(base: Path | None) -> Callable[[object], Path]:
+    """A path as written, made absolute from `base` (the config file's directory)."""
+    def convert(value: object) -> Path:
+        path = Path(_string(value))
+        return path if base is None else base / path
+    return convert
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def convert(value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise ValueError(f"expected one of: {', '.join(repr(c) for c in choices)}")
+        return value
+    return convert
+
+
+_TLS_FIELDS = {"cert", "key", "min_version", "client_ca", "client_cert"}
+
+
+def _listen_tls(reader: _Reader, raw: object, base: Path | None) -> TlsConfig | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        reader.problem("listen.tls", "expected a mapping with cert and key")
+        return None
+    reader.unknown(raw, "listen.tls", _TLS_FIELDS)
+    before = len(reader.problems)
+    for required in ("cert", "key"):
+        if raw.get(required) is None:
+            reader.problem(f"listen.tls.{required}", "is required (a PEM file)")
+    tls = TlsConfig(
+        cert=reader.get(raw, "cert", "listen.tls.cert", _file(base), Path()),
+        key=reader.get(raw, "key", "listen.tls.key", _file(base), Path()),
+        min_version=reader.get(raw, "min_version", "listen.tls.min_version",
+                               _one_of(TLS_MIN_VERSIONS), "1.2"),
+        client_ca=reader.get(raw, "client_ca", "listen.tls.client_ca", _file(base), None),
+        client_cert=reader.get(raw, "client_cert", "listen.tls.client_cert",
+                               _one_of(CLIENT_CERT_MODES), "required"),
+    )
+    if "client_cert" in raw and tls.client_ca is None:
+        reader.problem("listen.tls.client_cert", "needs listen.tls.client_ca")
+    if len(reader.problems) > before:
+        return None
+    try:
+        server_context(tls)  # the files as they are now: a bad one is a config error
+    except TlsLoadError as exc:
+        reader.problem(f"listen.tls.{exc.setting}", str(exc))
+        return None
+    return tls
+
+
+def _route(reader: _Reader, raw: object, path: str, base: Path | None = None,
            locations: tuple[KeyLocation, ...] = DEFAULT_LOCATIONS) -> RouteConfig | None:
     if not isinstance(raw, dict):
         reader.problem(path, "expected a mapping with name, prefix and upstream")
@@ -500,11 +578,24 @@ def _route(reader: _Reader, raw: object, path: str,
         rate=reader.get(raw, "rate", f"{path}.rate", _rate, None),
         burst=reader.get(raw, "burst", f"{path}.burst", _burst, None),
         quota=reader.get(raw, "quota", f"{path}.quota", _quota, None),
+        ca_file=reader.get(raw, "ca_file", f"{path}.ca_file", _file(base), None),
+        tls_verify=reader.get(raw, "tls_verify", f"{path}.tls_verify", _boolean, True),
     )
+    if (route.ca_file is not None or not route.tls_verify) and route.upstream \
+            and not route.upstream.startswith("https://"):
+        field_ = "ca_file" if route.ca_file is not None else "tls_verify"
+        reader.problem(f"{path}.{field_}", "applies to an https:// upstream only")
+    elif route.ca_file is not None and not route.tls_verify:
+        reader.problem(f"{path}.ca_file", "means nothing with tls_verify: false")
+    elif route.ca_file is not None:
+        try:
+            upstream_context(UpstreamTls(route.ca_file))
+        except TlsLoadError as exc:
+            reader.problem(f"{path}.ca_file", str(exc))
     return route if len(reader.problems) == before else None
 
 
-def _routes(reader: _Reader, raw: object,
+def _routes(reader: _Reader, raw: object, base: Path | None,
             locations: tuple[KeyLocation, ...] = DEFAULT_LOCATIONS) -> tuple[RouteConfig, ...]:
     if raw is None:
         return ()
@@ -517,7 +608,7 @@ def _routes(reader: _Reader, raw: object,
     # whose case-folded reading lands elsewhere, so two prefixes apart only in case clash
     for index, item in enumerate(raw):
         path = f"routes[{index}]"
-        route = _route(reader, item, path, locations)
+        route = _route(reader, item, path, base, locations)
         if route is None:
             continue
         if route.name in names:
@@ -558,8 +649,9 @@ def _log_level(value: object) -> str:
 
 
 def build_config(data: object, source: str, env: Mapping[str, str] | None = None,
-                 digest: str = "defaults") -> Config:
-    """Validate parsed YAML (plus environment overrides) into a Config, or raise ConfigError."""
+                 digest: str = "defaults", base: Path | None = None) -> Config:
+    """Validate parsed YAML (plus environment overrides) into a Config, or raise ConfigError.
+    `base`: the directory relative file names (TLS certificates, keys, CAs) are read from."""
     env = env or {}
     reader = _Reader()
     if data is None:
@@ -570,7 +662,7 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
                               "routes", "data_dir", "log", "status", "shutdown"})
 
     raw = reader.section(data, "listen", {"host", "port", "trusted_proxies", "drain_timeout",
-                                          "strip_headers"})
+                                          "strip_headers", "tls"})
     listen = ListenConfig(
         host=reader.get(raw, "host", "listen.host", _string, _LISTEN.host),
         port=reader.get(raw, "port", "listen.port", _port, _LISTEN.port),
@@ -580,6 +672,7 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
                                  parse_duration, _LISTEN.drain_timeout),
         strip_headers=reader.get(raw, "strip_headers", "listen.strip_headers", _header_names,
                                  _LISTEN.strip_headers),
+        tls=_listen_tls(reader, raw.get("tls"), base),
     )
     raw = reader.section(data, "log", {"level", "access_log"})
     log = LogConfig(
@@ -661,7 +754,7 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         block_for=reader.get(raw, "block_for", "brute_force.block_for", _positive_duration,
                              _BRUTE_FORCE.block_for),
     )
-    routes = _routes(reader, data.get("routes"), keys.locations)
+    routes = _routes(reader, data.get("routes"), base, keys.locations)
     data_dir = Path(reader.get(data, "data_dir", "data_dir", _string, ".gateway"))
 
     # Environment overrides (SPEC §10) win over the file.
@@ -725,7 +818,8 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None,
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [ConfigProblem("", f"{where}invalid YAML: {reason}")]) from None
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    config = build_config(data, source, env, digest)
+    # Relative certificate and CA files are read from the config file's directory, as data_dir.
+    config = build_config(data, source, env, digest, base=cwd / Path(path).parent)
     return _place_data_dir(config, env, (data or {}).get("data_dir"), Path(path), cwd)
 
 

@@ -29,9 +29,11 @@ from gateway.keys.store import KeyStore
 from gateway.keys.usage import UsageRecorder
 from gateway.limits.sync import LimitSync
 from gateway.observability.access_log import AccessLog
+from gateway.observability.metrics import CONFIG_RELOADS
 from gateway.observability.tally import TALLY
 from gateway.proxy.handler import ProxyHandler, ProxyState
 from gateway.proxy.listener import ProxyServer
+from gateway.proxy.tls import ServerTls, TlsLoadError
 from gateway.proxy.upstream import UpstreamPool
 from gateway.reload import ConfigReloader
 from gateway.store.client import Redis, open_redis
@@ -67,6 +69,24 @@ class RunningGateway:
     access_log: AccessLog
     status_port: int | None = None  # None: no status listener in this process
     shutdown: ShutdownPhase = field(default_factory=ShutdownPhase)
+    tls: ServerTls | None = None  # the proxy listener's, when it terminates TLS
+
+    def apply(self, new: Config) -> None:
+        """A reloaded config (validated already): routes and settings for new requests, and
+        the certificate files read again for new connections."""
+        apply_config(self.handler, self.tls, new)
+
+
+def apply_config(handler: ProxyHandler, tls: ServerTls | None, new: Config) -> None:
+    handler.reload(new)
+    if tls is not None and new.listen.tls is not None:
+        try:
+            tls.reload(new.listen.tls)
+        except TlsLoadError as exc:
+            # Validated when the file was read, so the files changed since: keep the running
+            # certificate, and say so as a failed reload does.
+            CONFIG_RELOADS.labels("error").inc()
+            log.error("TLS files not reloaded, keeping the running certificate: %s", exc)
 
 
 async def start_status_listener(status: StatusConfig, app: web.Application) -> web.AppRunner:
@@ -151,11 +171,13 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
         handler = ProxyHandler(ProxyState.from_config(config), pool, authenticator, access_log,
                                throttle, limiter)
 
+        tls = ServerTls(config.listen.tls) if config.listen.tls is not None else None
+
         async def apply(new: Config) -> None:
-            handler.reload(new)
+            apply_config(handler, tls, new)
 
         reloader = ConfigReloader(lambda: handler.state.config, apply, env or {})
-        proxy_server = ProxyServer(handler)
+        proxy_server = ProxyServer(handler, tls)
         proxy_port = await proxy_server.start(config.listen.host, config.listen.port,
                                               reuse_port=reuse_port)
         # The drain reads the config current at stop time, so a reload can change it.
@@ -189,7 +211,7 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
                              status_port=status_port, shutdown=shutdown,
                              redis_url=redis_url, redis=redis, handler=handler, cache=cache,
                              usage=usage, listener=listener, reloader=reloader,
-                             access_log=access_log)
+                             access_log=access_log, tls=tls)
 
 
 async def migrate_layout(store: KeyStore) -> None:
@@ -248,8 +270,9 @@ async def _main(config: Config, demo: bool, env: Mapping[str, str]) -> None:
         if running.status_port is not None:
             log.info("status listener (/healthz, /readyz, /metrics) on http://%s:%d",
                      config.status.host if config.status else "", running.status_port)
-        log.info("gateway listening on http://%s:%d (admin on http://%s:%d), key store %s",
-                 config.listen.host, running.proxy_port, config.admin.host, running.admin_port,
+        log.info("gateway listening on %s://%s:%d (admin on http://%s:%d), key store %s",
+                 "https" if running.tls else "http", config.listen.host, running.proxy_port,
+                 config.admin.host, running.admin_port,
                  "embedded" if config.redis.url == "embedded" else "external")
         settle_heap()
         await stop.wait()

@@ -158,7 +158,7 @@ async def _worker(config: Config, conn: multiprocessing.connection.Connection,
                     stop.set()  # the supervisor is gone: no one to say "not ready", no delay
                     return
                 if kind == "reload":
-                    running.handler.reload(payload)
+                    running.apply(payload)
                     if lifeline is not None:
                         lifeline.grace = (payload.listen.drain_timeout
                                           + payload.shutdown.delay + EXIT_GRACE)
@@ -364,8 +364,9 @@ class Supervisor:
                 self._spawn(slot)
             stack.push_async_callback(self._stop_workers)
             monitor = asyncio.ensure_future(self._monitor())
-            log.info("gateway listening on http://%s:%d with %d workers (admin on "
-                     "http://%s:%d)", self.config.listen.host, self.config.listen.port,
+            log.info("gateway listening on %s://%s:%d with %d workers (admin on "
+                     "http://%s:%d)", "https" if self.config.listen.tls else "http",
+                     self.config.listen.host, self.config.listen.port,
                      self.count, self.config.admin.host, self.config.admin.port)
             await stop.wait()
             if self.config.shutdown.delay > 0:

@@ -19,6 +19,7 @@ from gateway.proxy.upstream import (
     UpstreamPool,
     UpstreamStale,
     UpstreamTimeout,
+    UpstreamTlsFailed,
 )
 
 log = logging.getLogger(__name__)
@@ -171,4 +172,10 @@ def _translate(exc: UpstreamError, route: RouteConfig) -> RequestRefused:
     if isinstance(exc, UpstreamTimeout):
         return RequestRefused("upstream_timeout",
                               f"upstream {route.name!r} did not answer in time")
+    if isinstance(exc, UpstreamTlsFailed):
+        # The reason (which CA, which name) is the operator's, in the log; the client learns
+        # only that the gateway would not trust the upstream.
+        log.warning("upstream %s: %s", route.name, exc)
+        return RequestRefused("upstream_unavailable",
+                              f"upstream {route.name!r} is unavailable: {exc.summary}")
     return RequestRefused("upstream_unavailable", f"upstream {route.name!r} is unavailable")

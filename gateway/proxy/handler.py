@@ -37,6 +37,7 @@ from gateway.proxy.headers import (
 )
 from gateway.proxy.listener import Exchange
 from gateway.proxy.routing import RouteTable
+from gateway.proxy.tls import CLIENT_SUBJECT_HEADER, UpstreamTls
 from gateway.proxy.upstream import Origin, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,9 @@ class UpstreamAddress:
     host: str  # the Host header value
 
 
-def upstream_address(upstream: str) -> UpstreamAddress:
-    parts = urlsplit(upstream)
-    tls = parts.scheme == "https"
+def upstream_address(route: RouteConfig) -> UpstreamAddress:
+    parts = urlsplit(route.upstream)
+    tls = UpstreamTls(route.ca_file, route.tls_verify) if parts.scheme == "https" else None
     host = parts.hostname or ""
     port = parts.port or (443 if tls else 80)
     shown = f"[{host}]" if ":" in host else host
@@ -95,7 +96,7 @@ class ProxyState:
             if names := query_names(route.key_locations):
                 key_parameters[route.name] = names
         return cls(config=config, routes=RouteTable(config.routes),
-                   upstreams={r.name: upstream_address(r.upstream) for r in config.routes},
+                   upstreams={r.name: upstream_address(r) for r in config.routes},
                    drop_untrusted=drop_untrusted, key_headers=key_headers,
                    key_parameters=key_parameters)
 
@@ -150,13 +151,15 @@ class ProxyHandler:
                     drop = key_headers[0] if trusted_peer else key_headers[1]
                 else:
                     drop = DROP_INBOUND if trusted_peer else state.drop_untrusted
+                subject = exchange.client_subject  # verified (mTLS); a client's copy is dropped
                 fields = upstream_request_fields(
                     exchange.headers,
                     peer=peer,
                     trusted_peer=trusted_peer,
                     scheme=exchange.scheme,
                     request_id=request_id,
-                    identity=identity,
+                    identity=identity if subject is None
+                    else {**(identity or {}), CLIENT_SUBJECT_HEADER: subject},
                     drop=drop,
                 )
                 address = state.upstreams[route.name]

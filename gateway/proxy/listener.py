@@ -23,7 +23,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.errors import ClientGone, ClientTooSlow, RequestRefused
 from gateway.proxy.flow import WriteFlow
 from gateway.proxy.headers import valid_host
-from gateway.proxy.responses import error_reply
+from gateway.proxy.responses import error_reply, reason_phrase
+from gateway.proxy.tls import ServerTls, verified_subject
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ class Exchange:
         "_conn",
         "body_exists",
         "bytes_sent",
+        "client_subject",
         "content",
         "content_length",
         "finished",
@@ -174,7 +176,8 @@ class Exchange:
         self.version = version
         self.keep_alive = keep_alive
         self.remote = conn.remote
-        self.scheme = "http"
+        self.scheme = conn.scheme
+        self.client_subject = conn.client_subject  # of a verified client certificate (mTLS)
         self.content_length = content_length
         self.body_exists = body_exists
         self.content = Body(conn, expect_continue and body_exists)
@@ -263,21 +266,12 @@ class Exchange:
 
     def send_error(self, refused: RequestRefused, request_id: str) -> None:
         status, headers, body = error_reply(refused, request_id)
-        self.send_whole(status, _REASONS.get(status, b"Error"), headers, body)
+        self.send_whole(status, reason_phrase(status), headers, body)
 
     def abort(self) -> None:
         """Cut the connection: a client must see a truncated answer, not a wrong whole one."""
         self.keep_alive = False
         self._conn.abort()
-
-
-_REASONS = {
-    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
-    408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
-    429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
 
 
 class ProxyConnection(asyncio.BufferedProtocol):
@@ -290,6 +284,8 @@ class ProxyConnection(asyncio.BufferedProtocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.remote: str | None = None
+        self.scheme = "http"
+        self.client_subject: str | None = None
         self.accepting = True  # False once the server drains: answers then say close
         self.deadline: float | None = None
         self._parser = httptools.HttpRequestParser(self)
@@ -317,6 +313,11 @@ class ProxyConnection(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else None
+        tls = self.server.tls
+        if tls is not None:  # called once the handshake is done
+            self.scheme = "https"
+            if tls.verify_clients:
+                self.client_subject = verified_subject(transport.get_extra_info("ssl_object"))
         self.server.connections.add(self)
         self.deadline = self.server.now() + KEEPALIVE_TIMEOUT
 
@@ -539,7 +540,7 @@ class ProxyConnection(asyncio.BufferedProtocol):
         if self._lost:
             return
         status, headers, body = error_reply(refused, "-")
-        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error"))]
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))]
         head.extend(b"%s: %s\r\n" % pair for pair in headers)
         head.append(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
         self.write(b"".join(head) + body)
@@ -633,8 +634,9 @@ class ProxyConnection(asyncio.BufferedProtocol):
 class ProxyServer:
     """The listening socket, its connections, and a graceful stop."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, tls: ServerTls | None = None) -> None:
         self.handler = handler
+        self.tls = tls  # None: plain HTTP
         self.connections: set[ProxyConnection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -656,7 +658,8 @@ class ProxyServer:
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         self._server = await self._loop.create_server(
             lambda: ProxyConnection(self), host, port, reuse_port=reuse_port or None,
-            backlog=2048)
+            backlog=2048, ssl=self.tls.front if self.tls is not None else None,
+            ssl_handshake_timeout=HEAD_TIMEOUT if self.tls is not None else None)
         self._sweeper = self._loop.create_task(self._sweep())
         return int(self._server.sockets[0].getsockname()[1])
 

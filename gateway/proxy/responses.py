@@ -11,6 +11,18 @@ WWW_AUTHENTICATE = b'Api-Key realm="gateway", Signature realm="gateway", alg="hm
 RETRY_AFTER_STORE = "1"
 _JSON = (b"Content-Type", b"application/json")
 _NO_STORE = (b"Cache-Control", b"no-store")
+# The reason phrases of the statuses the gateway answers with itself.
+REASONS = {
+    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+    408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
+    429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+def reason_phrase(status: int) -> bytes:
+    return REASONS.get(status, b"Error")
 
 
 def error_body(code: str, message: str, request_id: str) -> bytes:

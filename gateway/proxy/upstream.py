@@ -18,6 +18,7 @@ from typing import cast
 import httptools
 
 from gateway.proxy.flow import WriteFlow
+from gateway.proxy.tls import TlsLoadError, UpstreamTls, upstream_context
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ POOL_KEEPALIVE = 30.0  # an idle pooled connection older than this is closed, no
 BODY_HIGH_WATER = 2**18  # unread upstream body bytes before its socket is paused
 SWEEP_INTERVAL = 10.0
 
-Origin = tuple[str, int, bool]  # host, port, TLS
+Origin = tuple[str, int, UpstreamTls | None]  # host, port, TLS (None: plain HTTP)
 
 
 class UpstreamError(Exception):
@@ -43,6 +44,15 @@ class UpstreamFailed(UpstreamError):
 
 class UpstreamStale(UpstreamFailed):
     """A reused keep-alive connection died before any answer: safe to retry once."""
+
+
+class UpstreamTlsFailed(UpstreamFailed):
+    """The TLS handshake with an https:// upstream failed; `summary` says so in a few words
+    for the client (the message, with the details, is for the log)."""
+
+    def __init__(self, message: str, summary: str) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -288,7 +298,7 @@ class UpstreamPool:
         self._connecting: dict[Origin, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
-        self._tls: ssl.SSLContext | None = None
+        self._tls: dict[UpstreamTls, ssl.SSLContext] = {}
 
     async def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
@@ -350,12 +360,22 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         self._connecting[origin] = self._connecting.get(origin, 0) + 1
         try:
+            context = self._tls_context(tls) if tls is not None else None
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                # With a context, the host is sent as SNI and checked against the certificate.
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self, origin), host, port,
-                    ssl=self._tls_context() if tls else None)
+                    lambda: UpstreamConnection(self, origin), host, port, ssl=context)
         except TimeoutError:
             raise UpstreamTimeout("connecting to the upstream timed out") from None
+        except TlsLoadError as exc:
+            raise UpstreamTlsFailed(str(exc), "its TLS settings cannot be loaded") from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise UpstreamTlsFailed(f"the upstream's certificate did not verify: "
+                                    f"{exc.verify_message or exc}",
+                                    "its TLS certificate did not verify") from exc
+        except ssl.SSLError as exc:
+            raise UpstreamTlsFailed(f"TLS handshake with the upstream failed: "
+                                    f"{exc.reason or exc}", "the TLS handshake failed") from exc
         except OSError as exc:
             raise UpstreamFailed(f"cannot connect to the upstream: {exc}") from exc
         finally:
@@ -367,10 +387,11 @@ class UpstreamPool:
         opened.add(conn)
         return conn
 
-    def _tls_context(self) -> ssl.SSLContext:
-        if self._tls is None:
-            self._tls = ssl.create_default_context()
-        return self._tls
+    def _tls_context(self, settings: UpstreamTls) -> ssl.SSLContext:
+        context = self._tls.get(settings)
+        if context is None:
+            context = self._tls[settings] = upstream_context(settings)
+        return context
 
     def release(self, conn: UpstreamConnection) -> None:
         """Back to the pool when the exchange ended cleanly, else closed."""

@@ -213,7 +213,7 @@ async def test_a_pipelined_head_does_not_time_out_into_the_running_answer(
 async def test_the_pool_limit_holds_while_connections_are_being_opened(scripted) -> None:
     upstream, _ = scripted
     server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
-    origin = ("127.0.0.1", server.sockets[0].getsockname()[1], False)
+    origin = ("127.0.0.1", server.sockets[0].getsockname()[1], None)
     pool = UpstreamPool(limit_per_origin=4)
     await pool.start()
     try:
