@@ -32,7 +32,7 @@ from pathlib import Path
 from gateway.client import sign_request
 from gateway.keys.masterkeys import MasterKeys
 from gateway.keys.secrets import SecretBox
-from gateway.keys.service import KeyService
+from gateway.keys.service import KeyService, LimitChanges
 from gateway.keys.store import KeyStore
 from gateway.store.client import connect
 from tests.support.processes import free_port, write_config
@@ -50,6 +50,10 @@ async def _make_key(redis_url: str, kind: str, master_key: bytes) -> tuple[str, 
         account = await service.create_account("instructions")
         if kind == "apikey":
             key, secret = await service.create_key(account_id=account.id)
+        elif kind == "apikey-limited":  # issue 20: limits set, never reached
+            key, secret = await service.create_key(
+                account_id=account.id,
+                limits=LimitChanges(rate="1000000/s", quota="1000000000/month"))
         else:
             key, secret = await service.create_key(account_id=account.id, key_type="hmac",
                                                    expires_at=time.time() + 86_400)
@@ -62,7 +66,7 @@ def _requests(kind: str, port: int, key_id: str, secret: str, count: int) -> lis
     """`count` request heads (an HMAC one signed afresh each time: every nonce is single-use)."""
     heads = []
     for _ in range(count):
-        if kind == "apikey":
+        if kind.startswith("apikey"):
             fields = {"Authorization": f"Api-Key {secret}"}
         else:
             fields = sign_request("GET", f"http://127.0.0.1:{port}{PATH}", key_id=key_id,
@@ -156,7 +160,7 @@ def measure(kind: str, count: int, scratch: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kind", choices=("apikey", "hmac"), action="append")
+    parser.add_argument("--kind", choices=("apikey", "apikey-limited", "hmac"), action="append")
     parser.add_argument("--requests", type=int, default=1500)
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:

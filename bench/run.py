@@ -421,6 +421,11 @@ def setup(opts: Options, stack: Stack) -> Bench:
     hmac_key = stack.cli("gateway", "keys", "create", "--account", account["id"], "--type",
                          "hmac", "--scope", SCOPE, "--expires-in", "1d", "--json")
     secret = api_key["secret"]
+    # Issue 20: a key whose rate limit and quota are set but never reached (the cost of
+    # deciding them in the worker; no store call on the request path).
+    limited_key = stack.admin("POST", gw_admin, "/admin/keys",
+                              {"account_id": account["id"], "scopes": [SCOPE],
+                               "rate": "1000000/s", "quota": "1000000000/month"})
     unknown = keymat.write_lines(tmp / "unknown.txt",
                                  [keymat.fast_secret() for _ in range(opts.unknown_keys)])
     small_file = keymat.write_lines(tmp / "keys-small.txt", small_secrets)
@@ -455,6 +460,9 @@ def setup(opts: Options, stack: Stack) -> Bench:
         return run
 
     add("apikey_get", "gateway, API key, warm", apikey_get)
+    add("apikey_limited", "gateway, API key with a rate limit and a quota, not reached",
+        lambda: bench.measure(gw_url, "apikey.lua", [limited_key["secret"]], store=small,
+                              gateway=gw))
     bench.profile_target = (gw, gw_url, secret)
 
     def hmac(method: str) -> Run:
@@ -575,6 +583,10 @@ def targets(med: dict[str, dict[str, float | None]]) -> list[Target]:
           lambda v: v >= 0.8)
     check("warm API-key GET: Redis commands/request", get("apikey_get", "redis_cmds_per_req"),
           "<= 0.01", lambda v: v <= 0.01)
+    check("limits set, not reached: req/s / API-key GET",
+          ratio(get("apikey_limited", "rps"), api), ">= 0.95", lambda v: v >= 0.95)
+    check("limits set, not reached: Redis commands/request",
+          get("apikey_limited", "redis_cmds_per_req"), "<= 0.01", lambda v: v <= 0.01)
     check("malformed-key flood: Redis commands/request",
           get("malformed_flood", "redis_cmds_per_req"), "0 (< 0.0005: background only)",
           lambda v: v < 0.0005)

@@ -213,6 +213,19 @@ class HmacConfig:
     max_buffered_bytes: int = 64 * 2**20
 
 
+QUOTA_PERIODS = ("day", "month", "total")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Rate limits and quotas (SPEC §11; gateway/limits)."""
+
+    # Quotas of these periods admit while the store is unreachable (counted, and added to the
+    # store's count when it answers); the others refuse with 503. A total never refills, so
+    # overshooting it is not undone: closed by default.
+    fail_open: tuple[str, ...] = ("day", "month")
+
+
 @dataclass(frozen=True, slots=True)
 class BruteForceConfig:
     """Failed authentications counted per client address, shared by every worker and instance:
@@ -261,6 +274,7 @@ class Config:
     keys: KeysConfig = KeysConfig()
     hmac: HmacConfig = HmacConfig()
     brute_force: BruteForceConfig = BruteForceConfig()
+    limits: LimitsConfig = LimitsConfig()
     routes: tuple[RouteConfig, ...] = ()
     data_dir: Path = Path(".gateway")
     # How load_config placed data_dir (gateway/discovery.py); "given": as build_config read it.
@@ -470,6 +484,12 @@ _ROUTE_FIELDS = {"name", "prefix", "upstream", "strip_prefix", "scopes", "auth",
                  "ca_file", "tls_verify"}
 
 
+def _periods(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(v in QUOTA_PERIODS for v in value):
+        raise ValueError(f"expected a list drawn from {list(QUOTA_PERIODS)}")
+    return tuple(dict.fromkeys(value))
+
+
 def _rate(value: object) -> str:
     try:
         return str(parse_rate(value))  # type: ignore[arg-type]
@@ -659,7 +679,7 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigProblem("", "expected a mapping at the top level")])
     reader.unknown(data, "", {"listen", "admin", "redis", "keys", "hmac", "brute_force",
-                              "routes", "data_dir", "log", "status", "shutdown"})
+                              "limits", "routes", "data_dir", "log", "status", "shutdown"})
 
     raw = reader.section(data, "listen", {"host", "port", "trusted_proxies", "drain_timeout",
                                           "strip_headers", "tls"})
@@ -733,6 +753,9 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         accept_imported=reader.get(raw, "accept_imported", "keys.accept_imported", _boolean,
                                    _KEYS.accept_imported),
     )
+    raw = reader.section(data, "limits", {"fail_open"})
+    limits = LimitsConfig(fail_open=reader.get(raw, "fail_open", "limits.fail_open",
+                                               _periods, LimitsConfig().fail_open))
     raw = reader.section(data, "hmac", {"clock_skew", "max_body_bytes", "max_buffered_bytes"})
     hmac = HmacConfig(
         clock_skew=reader.get(raw, "clock_skew", "hmac.clock_skew", _positive_duration,
@@ -786,7 +809,8 @@ def build_config(data: object, source: str, env: Mapping[str, str] | None = None
         raise ConfigError(source, reader.problems)
     return Config(source=source, listen=listen, admin=admin, status=status,
                   shutdown=shutdown, redis=redis,
-                  keys=keys, hmac=hmac, brute_force=brute_force, routes=routes, data_dir=data_dir,
+                  keys=keys, hmac=hmac, brute_force=brute_force, limits=limits, routes=routes,
+                  data_dir=data_dir,
                   master_key=master_key, log=log, digest=digest)
 
 

@@ -27,6 +27,8 @@ from gateway.keys.cache import InvalidationListener, KeyCache
 from gateway.keys.secrets import MasterKeyError, MasterKeys, SecretBox, load_master_key
 from gateway.keys.store import KeyStore
 from gateway.keys.usage import UsageRecorder
+from gateway.limits.applied import limit_settings
+from gateway.limits.local import LeaseTable
 from gateway.limits.sync import LimitSync
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import CONFIG_RELOADS
@@ -161,7 +163,7 @@ async def serve(config: Config, *, demo: bool = False, env: Mapping[str, str] | 
         # Rate limits and quotas: decided in this worker from leases the background sync
         # takes from Redis (gateway/limits). Stopped after the drain: its last sync gives
         # unused tokens back and flushes the usage counts.
-        limiter = LimitSync(redis)
+        limiter = LimitSync(redis, LeaseTable(limit_settings(config.limits.fail_open)))
         limiter.start()
         stack.push_async_callback(limiter.stop)
 

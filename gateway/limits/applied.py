@@ -14,8 +14,15 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Protocol
 
-from gateway.limits.local import Limit
-from gateway.limits.policy import PolicyError, Quota, Rate, parse_quota, parse_rate
+from gateway.limits.local import Limit, Settings
+from gateway.limits.policy import (
+    PolicyError,
+    Quota,
+    QuotaPeriod,
+    Rate,
+    parse_quota,
+    parse_rate,
+)
 
 KEY_SCOPE = "gw:key:"
 ACCOUNT_SCOPE = "gw:account:"
@@ -91,3 +98,9 @@ def applied_limits(key_id: str, key: Limited, account_id: str, account: Limited,
     if account_quota is not None:
         limits.append(Limit("account-quota", account_scope, account_quota))
     return tuple(limits)
+
+
+def limit_settings(fail_open: tuple[str, ...]) -> Settings:
+    """The limiter's settings from the config's `limits` section (periods that fail open)."""
+    periods: tuple[QuotaPeriod, ...] = ("day", "month", "total")
+    return Settings(fail_open=tuple((period, period in fail_open) for period in periods))

@@ -16,7 +16,7 @@ from gateway.auth.locations import header_names, query_names, without_parameters
 from gateway.auth.throttle import COUNTED_CODES, FailureThrottle, client_address, refusal
 from gateway.config import Config, IPNetwork, RouteConfig
 from gateway.errors import RequestRefused
-from gateway.limits.applied import applied_limits
+from gateway.limits.applied import applied_limits, limit_settings
 from gateway.limits.sync import LimitSync
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import (
@@ -121,6 +121,8 @@ class ProxyHandler:
         self.access_log.enabled = config.log.access_log
         if self.throttle is not None:
             self.throttle.config = config.brute_force
+        if self.limiter is not None:
+            self.limiter.table.settings = limit_settings(config.limits.fail_open)
 
     async def __call__(self, exchange: Exchange) -> None:
         state = self.state

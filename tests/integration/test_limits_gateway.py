@@ -14,6 +14,7 @@ import pytest
 
 from gateway.errors import ConfigError
 from gateway.keys.service import LimitChanges
+from gateway.limits.applied import limit_settings
 from tests.conftest import api_key, make_config, new_key
 from tests.integration.test_cli_keys import cli, failed, ok_json
 
@@ -115,6 +116,13 @@ def test_route_limits_are_checked_in_the_config() -> None:
         make_config("redis://127.0.0.1:1", [{**base, "quota": "5/week"}])
     config = make_config("redis://127.0.0.1:1", [{**base, "rate": "10/S", "quota": 500}])
     assert (config.routes[0].rate, config.routes[0].quota) == ("10/s", "500")
+    assert config.limits.fail_open == ("day", "month")  # a total fails closed by default
+    assert limit_settings(config.limits.fail_open).fails_open("day")
+    assert not limit_settings(config.limits.fail_open).fails_open("total")
+    closed = make_config("redis://127.0.0.1:1", [base], limits={"fail_open": []})
+    assert not limit_settings(closed.limits.fail_open).fails_open("month")
+    with pytest.raises(ConfigError, match=r"limits.fail_open"):
+        make_config("redis://127.0.0.1:1", [base], limits={"fail_open": ["week"]})
 
 
 async def test_admin_api_changes_apply_on_every_instance_within_a_second(
