@@ -15,7 +15,7 @@ Where the keys come from, the first found:
 A key file holds one key a line (32 random bytes, base64); blank lines and `#` comments are
 ignored. A file written by a gateway before key ids (one key, one line) reads as it is.
 
-Pure standard library: config.py reads the first two sources through this module.
+Pure standard library: gateway/config reads the first two sources through this module.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ stores. The gateway needs Redis 7.0 or newer (`SET ... NX GET` for HMAC nonces, 
 multi-part append-only files); every Valkey is new enough. When nothing usable is found, the
 error says what to install on this platform.
 
-`GATEWAY_REDIS_SERVER` is read here, not in gateway/config.py: like PATH (which shutil.which
+`GATEWAY_REDIS_SERVER` is read here, not in gateway/config/: like PATH (which shutil.which
 reads from the environment too), it describes the installation, not the gateway's behaviour.
 """
 

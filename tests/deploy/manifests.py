@@ -24,7 +24,7 @@ KUBERNETES = ROOT / "deploy" / "kubernetes"
 DOCKERFILE = ROOT / "Dockerfile"
 SYSTEMD_UNIT = ROOT / "deploy" / "systemd" / "gateway.service"
 
-# The environment variables that carry secrets, as gateway/config.py reads them.
+# the environment variables that carry secrets, as gateway/config/load.py reads them.
 SECRET_ENV = {"GATEWAY_ADMIN_TOKEN", "GATEWAY_MASTER_KEY"}
 
 Manifests = dict[str, dict[str, Any]]  # by kind; one object of each kind
