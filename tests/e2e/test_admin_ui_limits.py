@@ -81,6 +81,10 @@ async def test_limits_are_set_shown_and_changed_from_the_page(gateway, browser, 
     row = page.locator(f"#keys-body tr[data-id='{key_id}']")
     await row.wait_for()
     assert "2/s · 5/day" in (await row.locator(".key-limits").text_content() or "")
+    await page.set_viewport_size(NARROW)
+    await ui.shot("key-list-limits-390px")
+    assert await page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+    await page.set_viewport_size(WIDE)
 
     # A key without limits shows none, and its chart is empty.
     plain = await admin_post(http, admin + "/admin/keys",
@@ -199,6 +203,10 @@ async def test_limits_are_set_shown_and_changed_from_the_page(gateway, browser, 
     await arow.locator("td[data-label='Limits']:has-text('1000/month')").wait_for()
     assert "50/s · 1000/month" in (await arow.text_content() or "")
     await ui.shot("account-limits-set")
+    await page.set_viewport_size(NARROW)
+    await ui.shot("account-limits-390px")
+    assert await page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+    await page.set_viewport_size(WIDE)
 
     # The key's dialog now lists the account's quota too.
     await page.click("#tab-keys")

@@ -395,7 +395,7 @@ function renderKeys() {
         ...(key.scopes.length ? key.scopes.map((s) => el("span", { className: "chip" }, s))
           : [el("span", { className: "muted" }, "none")]),
         limitsText(key) ? el("div", { className: "key-limits", title: "Rate limit and quota" },
-          el("span", { className: "sr-only" }, "Limits: "), limitsText(key)) : null),
+          el("span", { className: "key-limits-label" }, "Limits: "), limitsText(key)) : null),
       el("td", { className: "when", "data-label": "Created", title: exactTime(key.created_at) },
         shortTime(key.created_at)),
       el("td", { className: "when", "data-label": "Expires", title: exactTime(key.expires_at) },
