@@ -7,13 +7,16 @@ go to test-artifacts/ui/ (limits-*)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import aiohttp
 
 from tests.conftest import api_key
-from tests.e2e.test_admin_ui import (  # noqa: F401  (fixtures, used by name)
-    NARROW, VISION, WIDE, admin_get, admin_post, async_api, browser, gateway, new_page, sign_in)
+from tests.e2e import test_admin_ui as base
+from tests.e2e.test_admin_ui import NARROW, VISION, WIDE, admin_get, admin_post, new_page, sign_in
+
+# The page's other tests' fixtures (a gateway with an admin token and a /vision/ route; Chromium).
+gateway = base.gateway
+browser = base.browser
 
 USAGE_WAIT = 20.0  # seconds: the gateway flushes usage counters to Redis every few seconds
 
@@ -230,4 +233,59 @@ async def test_limits_are_set_shown_and_changed_from_the_page(gateway, browser, 
 
     # The 422s are the only things the browser complained about (as failed requests).
     assert [p for p in ui.problems if "status of 422" not in p] == [], ui.problems
+    await context.close()
+
+
+async def test_the_usage_chart_places_hours_and_names_every_reason(gateway, browser) -> None:
+    """chart.js alone, on made-up usage: one bar per hour with requests, stacked by kind, placed
+    in its day; hours older than the 7 days left out; a reason it does not know drawn as
+    "other"; the same counts in the legend and the summary."""
+    context, ui = await new_page(browser, "chart")
+    page = ui.page
+    await sign_in(page, gateway.admin_url)
+    result = await page.evaluate("""async () => {
+      const { renderUsage } = await import("./chart.js");
+      const now = new Date(2026, 4, 20, 15, 30).getTime();  // local time, like the chart
+      const at = (daysBack, hour) => new Date(2026, 4, 20 - daysBack, hour).toISOString();
+      const usage = [
+        { hour: at(9, 10), ok: 50, refused: {} },  // older than 7 days: left out
+        { hour: at(6, 0), ok: 3, refused: {} },
+        { hour: at(2, 12), ok: 1, refused: { rate_limited: 4, quota_exhausted: 2 } },
+        { hour: at(0, 15), ok: 0, refused: { key_store_unavailable: 1, teapot: 2 } },
+      ];
+      const box = document.createElement("div");
+      document.body.append(box);
+      renderUsage(box, usage, now);
+      const svg = box.querySelector("svg.chart");
+      const bars = [...svg.querySelectorAll("g.chart-bar")].map((g) => ({
+        x: Number(g.querySelector("rect").getAttribute("x")),
+        kinds: [...g.querySelectorAll("rect")].map((r) => `${r.dataset.kind}=${r.dataset.count}`),
+      }));
+      const out = {
+        viewBox: svg.getAttribute("viewBox"), bars,
+        days: box.querySelectorAll(".chart-days span").length,
+        legend: box.querySelector(".chart-legend").textContent,
+        summary: box.querySelector(".chart-summary").textContent,
+      };
+      renderUsage(box, [{ hour: at(8, 1), ok: 5, refused: {} }], now);
+      out.empty = box.textContent;
+      box.remove();
+      return out;
+    }""")
+    assert result["viewBox"] == "0 0 168 100"
+    assert [b["kinds"] for b in result["bars"]] == [
+        ["ok=3"], ["ok=1", "rate_limited=4", "quota_exhausted=2"],
+        ["key_store_unavailable=1", "other=2"]]
+    assert [round(b["x"], 1) for b in result["bars"]] == [0.1, 4 * 24 + 12 + 0.1,
+                                                         6 * 24 + 15 + 0.1]
+    assert result["days"] == 7
+    legend = result["legend"]
+    for part in ("Admitted 4", "Rate limited 4", "Quota exhausted 2", "Key store unavailable 1",
+                 "Other refusals 2"):
+        assert part in legend, legend
+    assert result["summary"].startswith("13 requests in the last 7 days: 4 admitted, 9 refused "
+                                        "(4 rate limited, 2 quota exhausted, 1 key store "
+                                        "unavailable, 2 other refusals)"), result["summary"]
+    assert result["empty"] == "No requests in the last 7 days"
+    assert ui.problems == []
     await context.close()
