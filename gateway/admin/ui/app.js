@@ -100,6 +100,15 @@ function limitFields(prefix, { nulls }) {
   return body;
 }
 
+// Only the limits that differ from `record`'s (no spurious change in the audit log).
+function changedLimits(body, record) {
+  const out = {};
+  for (const [name, value] of Object.entries(body)) {
+    if (value !== (record[name] ?? null)) out[name] = value;
+  }
+  return out;
+}
+
 // Any call: a refused token signs out; other errors are reported.
 async function call(fn, errorNode) {
   try {
@@ -274,10 +283,15 @@ async function saveLimits(event) {
   clearMarks($("limits-dialog"));
   let body;
   try {
-    body = limitFields("account", { nulls: true });
+    body = changedLimits(limitFields("account", { nulls: true }), account);
   } catch (err) {
     showError(errorNode, err.message);
     markField(errorNode, "burst");
+    return;
+  }
+  if (!Object.keys(body).length) {
+    $("limits-dialog").close();
+    toast(`${account.name}: limits unchanged.`);
     return;
   }
   $("limits-save").disabled = true;
@@ -622,7 +636,7 @@ async function saveKey(event) {
   $("key-save").disabled = true;
   try {
     if (state.editing) {
-      const body = { description, ...limits };
+      const body = { description, ...changedLimits(limits, state.editing) };
       if ("expires_in" in expiry) {
         const days = Number.parseInt(expiry.expires_in, 10);
         body.expires_at = new Date(Date.now() + days * 86400000).toISOString().replace(/\.\d{3}Z$/, "Z");
