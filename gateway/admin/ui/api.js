@@ -4,10 +4,11 @@
 const TOKEN_KEY = "gateway-admin-token";
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, field = null) {
     super(message);
     this.status = status;
     this.code = code;
+    this.field = field; // the field a 422 names ("rate: must be ..."), else null
   }
 }
 
@@ -45,8 +46,13 @@ export async function api(method, path, body, bearer = token()) {
   }
   if (!response.ok) {
     const error = (data && data.error) || {};
-    throw new ApiError(response.status, error.code || "error",
-      error.message || `${response.status} ${response.statusText}`);
+    const message = error.message || `${response.status} ${response.statusText}`;
+    let field = typeof error.field === "string" ? error.field : null;
+    if (!field && response.status === 422) {
+      const named = /^([a-z_]+): /.exec(message);
+      if (named) field = named[1];
+    }
+    throw new ApiError(response.status, error.code || "error", message, field);
   }
   return data;
 }

@@ -1,5 +1,6 @@
 // The gateway's admin page: accounts and keys over the admin API (see README, Admin HTTP API).
 import { all, api, ApiError, clearToken, setToken, token } from "./api.js";
+import { renderUsage } from "./chart.js";
 import {
   $, clear, el, exactTime, fromLocalInput, relative, shellQuote, shortTime, toLocalInput,
 } from "./format.js";
@@ -22,6 +23,7 @@ const state = {
   selected: new Set(),
   sort: { column: null, dir: 1 },
   editing: null,
+  limitsOf: null, // the account whose limits dialog is open
 };
 
 // -- notices -------------------------------------------------------------------------------------
@@ -41,6 +43,72 @@ function showError(node, message) {
   node.hidden = !message;
 }
 
+// The input a 422 names (data-limit="rate" and so on) in the error's dialog: marked and focused.
+function markField(errorNode, field) {
+  const dialog = errorNode.closest("dialog");
+  if (!dialog || !field) return;
+  const input = dialog.querySelector(`[data-limit="${CSS.escape(field)}"]`);
+  if (!input) return;
+  input.setAttribute("aria-invalid", "true");
+  input.setAttribute("aria-describedby", errorNode.id);
+  input.focus();
+}
+
+function clearMarks(dialog) {
+  for (const input of dialog.querySelectorAll("[aria-invalid]")) {
+    input.removeAttribute("aria-invalid");
+    input.removeAttribute("aria-describedby");
+  }
+}
+
+// -- limits ----------------------------------------------------------------------------------------
+
+// "100/s · burst 200 · 10000/month" for a key or an account; "" when it has none.
+function limitsText(record) {
+  const parts = [];
+  if (record.rate) parts.push(record.rate);
+  if (record.burst !== null && record.burst !== undefined) parts.push(`burst ${record.burst}`);
+  if (record.quota) parts.push(/^\d+$/.test(record.quota) ? `${record.quota} total` : record.quota);
+  return parts.join(" · ");
+}
+
+function fillLimits(prefix, record) {
+  $(`${prefix}-rate`).value = record ? record.rate || "" : "";
+  $(`${prefix}-burst`).value = record && record.burst !== null && record.burst !== undefined
+    ? String(record.burst) : "";
+  $(`${prefix}-quota`).value = record ? record.quota || "" : "";
+}
+
+// The three fields as a request body: filled ones only (a new key), or every one with null for
+// an empty field (a change: null removes the limit).
+function limitFields(prefix, { nulls }) {
+  const body = {};
+  for (const name of ["rate", "burst", "quota"]) {
+    const input = $(`${prefix}-${name}`);
+    const text = input.value.trim();
+    if (!text) {
+      // A number input reads "" when what is typed is not a number: say so, not "removed".
+      if (name === "burst" && input.validity.badInput) throw new Error("burst: must be a whole number");
+      if (nulls) body[name] = null;
+      continue;
+    }
+    if (name === "burst") {
+      const n = Number(text);
+      body.burst = /^\d+$/.test(text) && Number.isSafeInteger(n) ? n : text;
+    } else body[name] = text;
+  }
+  return body;
+}
+
+// Only the limits that differ from `record`'s (no spurious change in the audit log).
+function changedLimits(body, record) {
+  const out = {};
+  for (const [name, value] of Object.entries(body)) {
+    if (value !== (record[name] ?? null)) out[name] = value;
+  }
+  return out;
+}
+
 // Any call: a refused token signs out; other errors are reported.
 async function call(fn, errorNode) {
   try {
@@ -51,8 +119,10 @@ async function call(fn, errorNode) {
       return undefined;
     }
     const message = err instanceof Error ? err.message : String(err);
-    if (errorNode) showError(errorNode, message);
-    else toast(message, "error");
+    if (errorNode) {
+      showError(errorNode, message);
+      markField(errorNode, err instanceof ApiError ? err.field : null);
+    } else toast(message, "error");
     return undefined;
   }
 }
@@ -172,10 +242,17 @@ function renderAccounts() {
         account.enabled ? "Enabled" : "Disabled")),
       el("td", { "data-label": "API access" }, badge(account.api_access ? "active" : "no_api_access",
         account.api_access ? "Granted" : "None")),
+      el("td", { className: "limits", "data-label": "Limits" },
+        limitsText(account) || el("span", { className: "muted" }, "none")),
       el("td", { className: "num", "data-label": "Keys" }, String(account.key_count)),
       el("td", { "data-label": "Created", title: exactTime(account.created_at) },
         shortTime(account.created_at)),
-      el("td", { className: "right actions-cell", "data-label": "Actions" }, toggle, access)));
+      el("td", { className: "right actions-cell", "data-label": "Actions" }, toggle, access,
+        el("button", {
+          type: "button", className: "btn small edit-limits",
+          "aria-label": `Edit limits of ${account.name}`,
+          onclick: () => openLimits(account),
+        }, "Limits"))));
   }
 }
 
@@ -185,6 +262,50 @@ async function updateAccount(account, change) {
   toast(`${updated.name}: ${updated.enabled ? "enabled" : "disabled"}, API access ${updated.api_access ? "granted" : "revoked"}.`);
   await loadAccounts();
   renderKeys();
+}
+
+function openLimits(account) {
+  state.limitsOf = account;
+  $("limits-dialog-title").textContent = `Limits of ${account.name}`;
+  fillLimits("account", account);
+  showError($("limits-error"), "");
+  clearMarks($("limits-dialog"));
+  $("limits-dialog").showModal();
+  $("account-rate").focus();
+}
+
+async function saveLimits(event) {
+  event.preventDefault();
+  const account = state.limitsOf;
+  if (!account) return;
+  const errorNode = $("limits-error");
+  showError(errorNode, "");
+  clearMarks($("limits-dialog"));
+  let body;
+  try {
+    body = changedLimits(limitFields("account", { nulls: true }), account);
+  } catch (err) {
+    showError(errorNode, err.message);
+    markField(errorNode, "burst");
+    return;
+  }
+  if (!Object.keys(body).length) {
+    $("limits-dialog").close();
+    toast(`${account.name}: limits unchanged.`);
+    return;
+  }
+  $("limits-save").disabled = true;
+  try {
+    const updated = await call(() => api("PATCH",
+      `/admin/accounts/${encodeURIComponent(account.id)}`, body), errorNode);
+    if (!updated) return;
+    $("limits-dialog").close();
+    const text = limitsText(updated);
+    toast(`${updated.name}: ${text ? `limits ${text}` : "no limits"}.`);
+    await loadAccounts();
+  } finally {
+    $("limits-save").disabled = false;
+  }
 }
 
 async function createAccount(event) {
@@ -286,7 +407,9 @@ function renderKeys() {
         title: `${accountName(key.account_id)} (${key.account_id})` }, accountName(key.account_id)),
       el("td", { className: "scopes", "data-label": "Scopes" },
         ...(key.scopes.length ? key.scopes.map((s) => el("span", { className: "chip" }, s))
-          : [el("span", { className: "muted" }, "none")])),
+          : [el("span", { className: "muted" }, "none")]),
+        limitsText(key) ? el("div", { className: "key-limits", title: "Rate limit and quota" },
+          el("span", { className: "key-limits-label" }, "Limits: "), limitsText(key)) : null),
       el("td", { className: "when", "data-label": "Created", title: exactTime(key.created_at) },
         shortTime(key.created_at)),
       el("td", { className: "when", "data-label": "Expires", title: exactTime(key.expires_at) },
@@ -397,6 +520,8 @@ function openCreate() {
   renderScopeOptions();
   $("key-expiry-preset").value = "90d";
   syncExpiry();
+  fillLimits("key", null);
+  clearMarks($("key-dialog"));
   showError($("key-error"), "");
   $("key-dialog").showModal();
   $("key-account").focus();
@@ -426,10 +551,54 @@ function openEdit(key) {
   $("key-expiry-preset").value = key.expires_at ? "custom" : "";
   $("key-expiry").value = toLocalInput(key.expires_at);
   $("key-description").value = key.description;
+  fillLimits("key", key);
   syncExpiry();
+  clearMarks($("key-dialog"));
   showError($("key-error"), "");
   $("key-dialog").showModal();
   $("key-expiry-preset").focus();
+  loadKeyUsage(key);
+}
+
+// -- keys: quotas and usage, in the edit dialog ------------------------------------------------------
+
+const PERIODS = { day: "today", month: "this month" };
+
+function quotaLine(q) {
+  const [limit, period] = q.quota.split("/");
+  const total = Number(limit);
+  const when = period ? PERIODS[period] || `this ${period}` : "in all (never refills)";
+  const whose = q.policy === "account-quota" ? "Account quota" : "Key quota";
+  const text = `${q.remaining.toLocaleString()} of ${total.toLocaleString()} left ${when}`;
+  const reset = q.resets_at ? `, resets ${shortTime(q.resets_at)} (${relative(q.resets_at)})` : "";
+  return el("li", { dataset: { policy: q.policy, remaining: String(q.remaining) },
+    className: q.remaining === 0 ? "exhausted" : "" },
+    el("span", { className: "quota-who" }, `${whose} ${q.quota}: `), text + reset,
+    el("span", { className: "meter", "aria-hidden": "true" },
+      el("span", { className: `meter-fill p${Math.round((10 * q.remaining) / Math.max(total, 1))}` })));
+}
+
+async function loadKeyUsage(key) {
+  const quotas = $("key-quotas");
+  const box = $("key-usage");
+  clear(quotas);
+  clear(box);
+  box.setAttribute("aria-busy", "true");
+  box.append(el("p", { className: "muted" }, "Loading usage…"));
+  const base = `/admin/keys/${encodeURIComponent(key.id)}`;
+  const [detail, usage] = await Promise.all([
+    call(() => api("GET", base)),
+    call(() => api("GET", `${base}/usage?days=7&step=hour`)),
+  ]);
+  if (state.editing !== key) return; // the dialog moved on
+  box.setAttribute("aria-busy", "false");
+  clear(box);
+  if (detail) {
+    for (const q of detail.quotas || []) quotas.append(quotaLine(q));
+    if (!(detail.quotas || []).length) quotas.append(el("li", { className: "muted" }, "No quota applies to this key."));
+  }
+  if (usage) renderUsage(box, usage.usage);
+  else box.append(el("p", { className: "muted" }, "Usage could not be read."));
 }
 
 function expiryFields() {
@@ -455,10 +624,19 @@ async function saveKey(event) {
     return;
   }
   const description = $("key-description").value.trim();
+  clearMarks($("key-dialog"));
+  let limits;
+  try {
+    limits = limitFields("key", { nulls: Boolean(state.editing) });
+  } catch (err) {
+    showError(errorNode, err.message);
+    markField(errorNode, "burst");
+    return;
+  }
   $("key-save").disabled = true;
   try {
     if (state.editing) {
-      const body = { description };
+      const body = { description, ...changedLimits(limits, state.editing) };
       if ("expires_in" in expiry) {
         const days = Number.parseInt(expiry.expires_in, 10);
         body.expires_at = new Date(Date.now() + days * 86400000).toISOString().replace(/\.\d{3}Z$/, "Z");
@@ -479,7 +657,7 @@ async function saveKey(event) {
     for (const extra of $("key-scopes-extra").value.split(/[\s,]+/)) {
       if (extra && !scopes.includes(extra)) scopes.push(extra);
     }
-    const body = { account_id: account, type: keyType(), description };
+    const body = { account_id: account, type: keyType(), description, ...limits };
     if (scopes.length) body.scopes = scopes;
     if (expiry.expires_in) body.expires_in = expiry.expires_in;
     else if (expiry.expires_at) body.expires_at = expiry.expires_at;
@@ -660,6 +838,8 @@ function wire() {
     button.addEventListener("click", () => button.closest("dialog").close());
   }
   $("account-form").addEventListener("submit", createAccount);
+  $("limits-form").addEventListener("submit", saveLimits);
+  $("limits-dialog").addEventListener("close", () => { state.limitsOf = null; });
   // Relative "last used" times stay current.
   setInterval(() => { if (state.view === "keys" && !document.querySelector("dialog[open]")) renderKeys(); }, 60000);
 }
