@@ -1,0 +1,396 @@
+"""Per-worker lease state and the request-path decision, pure (the clocks are injected).
+
+Why leases. Asking Redis on every request (Kong's `redis` policy) is exact but costs a round
+trip and a command per request; splitting the limit evenly between nodes (Tyk's DRL) is free
+but drifts under uneven load. Here the authoritative bucket (a rate's token bucket, a quota's
+used-count) lives in Redis, and each worker holds a *lease*: tokens it took from that bucket in
+the background (gateway/limits/sync.py) and spends in pure Python, O(1), without an `await`.
+A worker asks, at each sync, for what its measured demand will need until the next sync or
+two, so busy workers hold what they use and idle ones hold nothing. Every admitted request
+spent a token Redis granted, so the fleet admits at most what the bucket allows: a rate's error
+is bounded by the tokens leased but unused (given back, see below), a quota is never exceeded
+while Redis answers, and a worker killed with a lease only leaves its tokens unused.
+
+Leases expire (`lease_ttl`): unused tokens go back to Redis at the next sync (a rate's bucket
+takes them up to its burst; a quota's count is lowered), so nobody hoards them after traffic
+moves. Quota leases are also capped to 1% of the quota (or 10 tokens, if more), so tokens
+stranded by a killed worker cost at most that much under-use.
+
+Three outcomes. `admit` and `refuse` are final. `wait` means this worker cannot tell yet: a
+policy it has never synced, or a lease that ran dry while Redis had plenty at the last sync (a
+sudden rise in traffic). The caller then waits for the next background sync (woken at once;
+every waiting request of the worker shares that one batch) and decides again with
+`final=True`. So the request path never sends a command itself, and the usual request (a
+lease in hand) never waits.
+
+Redis down (`online` False): a rate is enforced per worker at its *share* of the limit (the
+part of the fleet's grants it received over the last SHARE_WINDOW seconds, at least
+`outage_min_share`), in a local bucket; a quota spends what is left of its lease, then admits
+(fail open) or refuses with `key_store_unavailable` (fail closed) by period: by default open
+for day and month, closed for a total. What was admitted meanwhile without a lease is owed:
+added to a quota's count when Redis answers again, and taken from a rate's bucket (down to
+empty, no further: a bucket forgives what is older than one window anyway).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from gateway.limits.policy import (
+    PolicyState,
+    Quota,
+    QuotaPeriod,
+    Rate,
+    header_fields,
+    next_reset,
+    period_label,
+    period_seconds,
+    quota_retry_after,
+    rate_retry_after,
+)
+
+Outcome = Literal["admit", "refuse", "wait"]
+RATE_LIMITED = "rate_limited"
+QUOTA_EXHAUSTED = "quota_exhausted"
+STORE_UNAVAILABLE = "key_store_unavailable"
+SHARE_WINDOW = 5.0  # seconds of grants a worker's outage share is measured over
+IDLE_DROP = 60.0  # a lease unused this long is forgotten (its tokens given back first)
+QUOTA_LEASE_FRACTION = 0.01  # a quota lease holds at most this part of the quota...
+QUOTA_LEASE_MIN = 10.0  # ...or this many tokens, if more
+MAX_USAGE_ENTRIES = 100_000  # usage counts waiting for a flush, per worker
+DEFAULT_FAIL_OPEN: dict[QuotaPeriod, bool] = {"day": True, "month": True, "total": False}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    interval: float = 0.2  # seconds between background syncs
+    lease_ttl: float = 1.0  # unused leased tokens go back after this long
+    horizon: float = 2.0  # a lease is sized for this many intervals of measured demand
+    outage_min_share: float = 0.1
+    fail_open: tuple[tuple[QuotaPeriod, bool], ...] = tuple(DEFAULT_FAIL_OPEN.items())
+
+    def fails_open(self, period: QuotaPeriod) -> bool:
+        return dict(self.fail_open).get(period, False)
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One policy that applies to a request. `scope` names the record whose slot its counters
+    live in (`gw:key:ID`, `gw:account:ID`); `variant` separates buckets of one scope (a route
+    default is per key and per route)."""
+
+    name: str  # the policy's name in the header fields
+    scope: str
+    rule: Rate | Quota
+    variant: str = ""
+
+    @property
+    def bucket(self) -> str:
+        kind = "rate" if isinstance(self.rule, Rate) else f"quota:{self.rule.period}"
+        return f"{self.scope}|{kind}|{self.variant}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    reason: str | None = None  # a SPEC §5 code when refused
+    retry_after: int = 0
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def admitted(self) -> bool:
+        return self.outcome == "admit"
+
+
+@dataclass(slots=True)
+class Lease:
+    limit: Limit
+    tokens: int = 0
+    expires: float = 0.0
+    known: bool = False  # Redis has answered for it at least once
+    demand: int = 0  # requests that wanted a token since the last plan
+    rate_estimate: float = 0.0  # requests per second, smoothed
+    last_plan: float = 0.0
+    last_used: float = 0.0
+    server_remaining: float = 0.0  # what Redis had left after its last grant
+    exhausted: bool = False  # a quota Redis reported used up
+    waiting: int = 0  # requests waiting for this lease's next sync
+    in_flight: bool = False
+    refund: int = 0  # tokens to give back at the next sync
+    period: str = ""  # a quota's period label the lease belongs to
+    grants: deque[tuple[float, int]] = field(default_factory=deque)
+    first_grant: float = math.inf
+    outage_level: float = 0.0  # the local bucket while Redis is away
+    outage_at: float = 0.0
+    owed: dict[str, int] = field(default_factory=dict)  # period label -> admitted offline
+
+    def share(self, now: float, floor: float) -> float:
+        rule = self.limit.rule
+        assert isinstance(rule, Rate)
+        while self.grants and self.grants[0][0] < now - SHARE_WINDOW:
+            self.grants.popleft()
+        granted = sum(n for _, n in self.grants)
+        # Over the window, or since the first grant if that is more recent (a young lease).
+        span = min(SHARE_WINDOW, max(now - self.first_grant, 1.0))
+        return min(1.0, max(floor, granted / (rule.per_second * span)))
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What one sync asks of Redis for one lease: `take` tokens, give back `refund`, and add
+    `owed` (period label -> count admitted while Redis was away) to a quota's count."""
+
+    lease: Lease
+    take: int
+    refund: int
+    owed: tuple[tuple[str, int], ...] = ()
+
+
+class LeaseTable:
+    """Every lease of one worker, and its usage counts waiting for a flush."""
+
+    def __init__(self, settings: Settings | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.settings = settings or Settings()
+        self.clock = clock
+        self.wall = wall
+        self.leases: dict[str, Lease] = {}
+        self.online = True
+        self.closing = False
+        # (scope, UTC day, field) -> count; field "HHMM:ok" or "HHMM:<reason>"
+        self.usage: dict[tuple[str, str, str], int] = {}
+        self.usage_dropped = 0
+        self.admitted_unleased = 0  # admitted without a Redis-granted token (outage)
+
+    # -- the request path
+
+    def decide(self, limits: Sequence[Limit], usage_scope: str | None = None, *,
+               final: bool = False) -> Decision:
+        """Admit, refuse or (unless `final`) wait, for a request all of `limits` apply to. An
+        admission spends one token of every limit; a refusal or a wait spends none."""
+        now = self.clock()
+        wall = self.wall()
+        leases = [self._lease(limit, now, wall) for limit in limits]
+        refusal: tuple[str, int] | None = None
+        wait = False
+        for lease in leases:
+            lease.demand += 1
+            lease.last_used = now
+            verdict = self._check(lease, now, wall, final)
+            if verdict == "wait":
+                wait = True
+                lease.waiting += 1
+            elif verdict is not None:
+                refusal = _worse(refusal, verdict)
+        if refusal is not None:
+            decision = Decision("refuse", refusal[0], refusal[1], self._headers(leases, now, wall))
+        elif wait:
+            return Decision("wait")
+        else:
+            for lease in leases:
+                self._spend(lease, now, wall)
+            decision = Decision("admit", headers=self._headers(leases, now, wall))
+        if usage_scope is not None:
+            self._count(usage_scope, wall, decision.reason or "ok")
+        return decision
+
+    def _lease(self, limit: Limit, now: float, wall: float) -> Lease:
+        lease = self.leases.get(limit.bucket)
+        if lease is None:
+            lease = self.leases[limit.bucket] = Lease(limit, last_plan=now, outage_at=now)
+        elif lease.limit != limit:
+            lease.limit = limit  # changed after creation: Redis gets the new rule next sync
+        if isinstance(limit.rule, Quota):
+            label = period_label(limit.rule.period, wall)
+            if lease.period != label:
+                # A new period: the old lease's tokens belong to the old period's key.
+                lease.period, lease.tokens, lease.known = label, 0, False
+                lease.exhausted, lease.refund = False, 0
+        return lease
+
+    def _check(self, lease: Lease, now: float, wall: float,
+               final: bool) -> tuple[str, int] | Literal["wait"] | None:
+        rule = lease.limit.rule
+        if lease.tokens > 0 and (now < lease.expires or not self.online):
+            return None
+        if isinstance(rule, Rate):
+            if not self.online:
+                self._refill_outage(lease, now)
+                return None if lease.outage_level >= 1 else (
+                    RATE_LIMITED, rate_retry_after(rule))
+            if final or (lease.known and lease.server_remaining < 1):
+                return RATE_LIMITED, rate_retry_after(rule)
+            return "wait"
+        if lease.known and lease.exhausted:
+            return QUOTA_EXHAUSTED, quota_retry_after(rule, wall)
+        if self.online and not final:
+            return "wait"
+        if self.online and lease.known:
+            # Redis has quota left but this worker's lease fell short of a sudden crowd:
+            # a pace refusal, not a used-up quota.
+            return RATE_LIMITED, 1
+        if self.settings.fails_open(rule.period):
+            return None
+        return STORE_UNAVAILABLE, 1
+
+    def _spend(self, lease: Lease, now: float, wall: float) -> None:
+        if lease.tokens > 0 and (now < lease.expires or not self.online):
+            lease.tokens -= 1
+            return
+        self.admitted_unleased += 1
+        if isinstance(lease.limit.rule, Rate):
+            lease.outage_level -= 1
+        # Redis takes it into account when it answers again: a quota's count, a rate's bucket
+        lease.owed[lease.period] = lease.owed.get(lease.period, 0) + 1
+
+    def _refill_outage(self, lease: Lease, now: float) -> None:
+        rule = lease.limit.rule
+        assert isinstance(rule, Rate)
+        share = lease.share(now, self.settings.outage_min_share)
+        capacity = max(1.0, share * rule.burst)
+        lease.outage_level = min(capacity, lease.outage_level
+                                 + (now - lease.outage_at) * share * rule.per_second)
+        lease.outage_at = now
+
+    def _headers(self, leases: Sequence[Lease], now: float,
+                 wall: float) -> tuple[tuple[str, str], ...]:
+        states = []
+        for lease in leases:
+            rule = lease.limit.rule
+            remaining = int(lease.tokens + lease.server_remaining) if lease.known else 0
+            if isinstance(rule, Rate):
+                remaining = min(remaining, rule.burst)
+                reset = (rule.burst - remaining) / rule.per_second
+                states.append(PolicyState(lease.limit.name, rule.limit, round(rule.window),
+                                          remaining, reset))
+            else:
+                remaining = min(remaining, rule.limit)
+                end = next_reset(rule.period, wall)
+                states.append(PolicyState(lease.limit.name, rule.limit,
+                                          period_seconds(rule.period, wall), remaining,
+                                          0.0 if end is None else end - wall))
+        return tuple(header_fields(states))
+
+    def _count(self, scope: str, wall: float, reason: str) -> None:
+        moment = datetime.fromtimestamp(wall, UTC)
+        entry = (scope, moment.strftime("%Y-%m-%d"), f"{moment:%H%M}:{reason}")
+        if entry in self.usage:
+            self.usage[entry] += 1
+        elif len(self.usage) < MAX_USAGE_ENTRIES:
+            self.usage[entry] = 1
+        else:
+            self.usage_dropped += 1
+
+    # -- the background sync (sync.py sends what `plan` returns, then `settle` or `failed`)
+
+    def plan(self) -> list[Ask]:
+        """What the next sync should ask for: a lease running low for its measured demand, a
+        waiting request, tokens to give back, counts owed from an outage."""
+        now = self.clock()
+        settings = self.settings
+        asks = []
+        for bucket, lease in list(self.leases.items()):
+            if lease.in_flight:
+                continue
+            elapsed = max(now - lease.last_plan, settings.interval)
+            observed = lease.demand / elapsed
+            # Rise at once, decay by halves: a burst is served, a lull releases tokens.
+            lease.rate_estimate = max(observed, (lease.rate_estimate + observed) / 2)
+            lease.demand, lease.last_plan = 0, now
+            if lease.tokens > 0 and now + settings.interval >= lease.expires:
+                # Would expire before the next sync: give back and take anew in one call.
+                lease.refund += lease.tokens
+                lease.tokens = 0
+            if now - lease.last_used > IDLE_DROP and not lease.owed:
+                lease.refund += lease.tokens
+                lease.tokens = 0
+                if lease.refund == 0:
+                    del self.leases[bucket]
+                    continue
+            want = self._want(lease, settings)
+            take = 0
+            if self.closing:
+                pass  # the last sync of a stopping worker gives back, takes nothing
+            elif lease.waiting or lease.tokens < want / 2:
+                take = max(math.ceil(want) - lease.tokens, lease.waiting)
+            owed = tuple(lease.owed.items())
+            if take or lease.refund or owed:
+                lease.in_flight = True
+                asks.append(Ask(lease, take, lease.refund, owed))
+        return asks
+
+    def _want(self, lease: Lease, settings: Settings) -> float:
+        rule = lease.limit.rule
+        want = lease.rate_estimate * settings.interval * settings.horizon
+        if isinstance(rule, Rate):
+            return min(want, rule.burst)
+        if lease.exhausted:
+            return float(min(lease.waiting, 1))
+        cap = max(QUOTA_LEASE_MIN, rule.limit * QUOTA_LEASE_FRACTION)
+        return min(max(want, lease.waiting), cap)
+
+    def settle(self, ask: Ask, granted: int, remaining: float) -> None:
+        """Redis answered `ask`: `granted` tokens, `remaining` left in its bucket after."""
+        now = self.clock()
+        lease = ask.lease
+        lease.in_flight = False
+        lease.waiting = 0
+        lease.refund -= ask.refund
+        for label, count in ask.owed:
+            left = lease.owed.get(label, 0) - count
+            if left > 0:
+                lease.owed[label] = left
+            else:
+                lease.owed.pop(label, None)
+        lease.tokens += granted
+        lease.expires = now + self.settings.lease_ttl
+        lease.known = True
+        lease.server_remaining = remaining
+        lease.exhausted = isinstance(lease.limit.rule, Quota) and remaining < 1 and \
+            granted < ask.take
+        if granted:
+            lease.grants.append((now, granted))
+            lease.first_grant = min(lease.first_grant, now)
+        lease.outage_level, lease.outage_at = 0.0, now
+        self.online = True
+
+    def failed(self, asks: Sequence[Ask]) -> None:
+        """Redis did not answer: the asks stay to be made again (their refunds and owed counts
+        included), and the worker decides on its own until Redis answers."""
+        now = self.clock()
+        if self.online:
+            for lease in self.leases.values():
+                lease.outage_level, lease.outage_at = 0.0, now
+        self.online = False
+        for ask in asks:
+            ask.lease.in_flight = False
+
+    def take_usage(self) -> dict[tuple[str, str, str], int]:
+        usage, self.usage = self.usage, {}
+        return usage
+
+    def restore_usage(self, usage: dict[tuple[str, str, str], int]) -> None:
+        """Put back counts a failed flush did not deliver (within the bound)."""
+        for entry, count in usage.items():
+            if entry in self.usage:
+                self.usage[entry] += count
+            elif len(self.usage) < MAX_USAGE_ENTRIES:
+                self.usage[entry] = count
+            else:
+                self.usage_dropped += count
+
+
+def _worse(current: tuple[str, int] | None, new: tuple[str, int]) -> tuple[str, int]:
+    """The refusal to answer with: a used-up quota before a rate (it lasts longer), the longer
+    wait within one reason."""
+    order = {QUOTA_EXHAUSTED: 0, STORE_UNAVAILABLE: 1, RATE_LIMITED: 2}
+    if current is None:
+        return new
+    return min(current, new, key=lambda r: (order.get(r[0], 3), -r[1]))
