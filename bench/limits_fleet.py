@@ -35,8 +35,8 @@ KEY = "gw:key:bench"
 
 
 async def run_worker(url: str, mode: str, rate: float, limit: int, start_at: float,
-                     duration: float, seed: int) -> dict[str, Any]:
-    from gateway.limits.local import LeaseTable, Limit
+                     duration: float, seed: int, interval: float) -> dict[str, Any]:
+    from gateway.limits.local import LeaseTable, Limit, Settings
     from gateway.limits.policy import parse_rate
     from gateway.limits.sync import LimitSync
     from gateway.store.client import connect
@@ -45,7 +45,7 @@ async def run_worker(url: str, mode: str, rate: float, limit: int, start_at: flo
     admitted: Counter[int] = Counter()
     offered = 0
     pending: set[asyncio.Task[None]] = set()
-    limiter = LimitSync(client, LeaseTable())
+    limiter = LimitSync(client, LeaseTable(Settings(interval=interval)))
     rule = [Limit("key", KEY, parse_rate(f"{limit}/s"))]
     from bench.baselines.kong_redis_limiter import KongStyleLimiter
     kong = KongStyleLimiter(client, limit)  # type: ignore[arg-type]
@@ -86,7 +86,7 @@ async def run_worker(url: str, mode: str, rate: float, limit: int, start_at: flo
 
 def worker_main(args: argparse.Namespace) -> None:
     result = uvloop.run(run_worker(args.url, args.mode, args.worker_rate, args.limit,
-                                   args.start_at, args.duration, args.seed))
+                                   args.start_at, args.duration, args.seed, args.interval))
     print(json.dumps(result), flush=True)
 
 
@@ -128,7 +128,8 @@ def run_mode(url: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     workers = [subprocess.Popen(
         [sys.executable, "-m", "bench.limits_fleet", "--worker", "--url", url, "--mode", mode,
          "--worker-rate", str(args.rate * share), "--limit", str(args.limit),
-         "--start-at", str(start_at), "--duration", str(args.duration), "--seed", str(i)],
+         "--start-at", str(start_at), "--duration", str(args.duration), "--seed", str(i),
+         "--interval", str(args.interval)],
         stdout=subprocess.PIPE) for i, share in enumerate(SPLIT)]
     results = []
     for worker in workers:
@@ -171,6 +172,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--interval", type=float, default=0.15, help="lease sync interval (s)")
     args = parser.parse_args()
     if args.worker:
         worker_main(args)
@@ -185,7 +187,7 @@ def main() -> None:
         process.wait()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{len(SPLIT)} workers (3 instances x 2), {args.rate:.0f} req/s offered 80/15/5, "
-          f"limit {args.limit}/s, {args.duration:.0f} s")
+          f"limit {args.limit}/s, {args.duration:.0f} s, lease sync every {args.interval} s")
     print(f"{'second':>6} {'leases':>8} {'ratio':>6} {'kong-redis':>10} {'ratio':>6}")
     worst = 0.0
     for second in range(int(args.duration)):

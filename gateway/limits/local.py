@@ -70,7 +70,9 @@ DEFAULT_FAIL_OPEN: dict[QuotaPeriod, bool] = {"day": True, "month": True, "total
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    interval: float = 0.2  # seconds between background syncs
+    # Seconds between background syncs. bench/limits_fleet.py, 20 s: 0.2 s gave a worst second
+    # 12% off and 0.056 commands a request; 0.15 s 6% and 0.070.
+    interval: float = 0.15
     lease_ttl: float = 1.0  # unused leased tokens go back after this long
     horizon: float = 2.0  # a lease is sized for this many intervals of measured demand
     outage_min_share: float = 0.1
