@@ -182,7 +182,7 @@ class PolicyState:
         return 1.0 - max(self.remaining, 0) / self.limit
 
 
-def _sf_string(text: str) -> str:
+def sf_string(text: str) -> str:
     if not re.fullmatch(r"[\x20-\x7e]*", text):
         raise PolicyError(f"a policy name must be printable ASCII, not {text!r}")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -192,7 +192,7 @@ def policy_field(states: Sequence[PolicyState]) -> str:
     """The RateLimit-Policy value: every policy, in the order given."""
     items = []
     for state in states:
-        item = f"{_sf_string(state.name)};q={state.limit}"
+        item = f"{sf_string(state.name)};q={state.limit}"
         if state.window is not None:
             item += f";w={state.window}"
         items.append(item)
@@ -209,7 +209,7 @@ def closest(states: Sequence[PolicyState]) -> PolicyState | None:
 
 def ratelimit_field(state: PolicyState) -> str:
     """The RateLimit value for one policy: `"name";r=R;t=T` (whole seconds, rounded up)."""
-    return (f"{_sf_string(state.name)};r={max(state.remaining, 0)};"
+    return (f"{sf_string(state.name)};r={max(state.remaining, 0)};"
             f"t={max(math.ceil(state.reset), 0)}")
 
 

@@ -347,11 +347,14 @@ class LimitSync:
     async def _pipeline(self, calls: list[tuple[int, _Call]], use_sha: bool) -> list[object]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for _, call in calls:
+                # execute_command: redis-py blocks evalsha() in cluster pipelines (it cannot
+                # tell a script's slot); every call here is within one slot already.
                 if use_sha:
                     assert self.sha is not None
-                    pipe.evalsha(self.sha, len(call.keys), *call.keys, *call.args)
+                    pipe.execute_command("EVALSHA", self.sha, len(call.keys), *call.keys,
+                                         *call.args)
                 else:
-                    pipe.eval(SCRIPT, len(call.keys), *call.keys, *call.args)
+                    pipe.execute_command("EVAL", SCRIPT, len(call.keys), *call.keys, *call.args)
             self.commands_sent += len(calls)
             return list(await pipe.execute(raise_on_error=False))
 
