@@ -112,6 +112,9 @@ class Decision(NamedTuple):  # a tuple: made on every request, and cheaper than 
         return self.outcome == "admit"
 
 
+ADMIT = Decision("admit")  # no limit applies: no headers
+
+
 @dataclass(slots=True)
 class Lease:
     limit: Limit
@@ -184,6 +187,10 @@ class LeaseTable:
                final: bool = False) -> Decision:
         """Admit, refuse or (unless `final`) wait, for a request all of `limits` apply to. An
         admission spends one token of every limit; a refusal or a wait spends none."""
+        if not limits:  # a key with no limit: only its usage is counted
+            if usage_scope is not None:
+                self._count(usage_scope, self.wall(), "ok")
+            return ADMIT
         now = self.clock()
         wall = self.wall()
         leases = [self._lease(limit, now, wall) for limit in limits]

@@ -187,6 +187,15 @@ def test_usage_counts_by_minute_and_reason() -> None:
                               (KEY, "2026-12-03", "1201:rate_limited"): 1}
 
 
+def test_a_key_without_limits_is_admitted_with_no_fields_and_its_usage_counted() -> None:
+    t, _ = table()
+    for _ in range(3):
+        decision = t.decide([], KEY)
+        assert (decision.outcome, decision.headers) == ("admit", ())
+    assert t.take_usage() == {(KEY, "2026-12-03", "1200:ok"): 3}
+    assert t.leases == {}
+
+
 # -- properties
 
 
