@@ -6,7 +6,8 @@ instances sharing one Redis, requests over HTTP through their proxy listeners.
 1. Rate: one key limited to 100 requests/s; `--offered` requests/s (open loop, on a schedule,
    whatever the answers) split 80/15/5 over the instances for `--seconds`. Prints the admitted
    count of every second, their spread around the limit after the first 2 s, and the Redis
-   commands per request (INFO commandstats, all commands but the bench's own).
+   commands the gateways send per request (MONITOR; what scripts run inside Redis is counted
+   apart).
 2. Quota: one key with a total quota of 10,000, offered 2,000 requests/s split 80/15/5 until
    it is used up; one worker of the busiest instance is killed (SIGKILL) mid-run. Prints what
    was admitted against the quota.
@@ -19,20 +20,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import redis
 
 from bench.procs import Service, free_port, wait_port, workers_of
 from bench.run import VENV_BIN, bench_redis_server
@@ -94,16 +97,46 @@ class Fleet:
         account = self.cli("accounts", "create", "bench-limits")
         return str(self.cli("keys", "create", "--account", account["id"], *limits)["secret"])
 
-    def commands(self) -> int:
-        client = redis.Redis(port=self.redis_port)
-        stats = client.info("commandstats")
-        client.close()
-        return sum(int(v["calls"]) for k, v in stats.items()
-                   if k not in ("cmdstat_info", "cmdstat_hello", "cmdstat_client|setinfo"))
+    def monitor(self) -> Monitor:
+        return Monitor(self.redis_port)
 
     def stop(self) -> None:
         for service in reversed(self.services):
             service.stop()
+
+
+class Monitor:
+    """Counts the commands clients send (Redis MONITOR), apart from those scripts run inside
+    Redis (MONITOR marks them `[0 lua]`): INFO commandstats counts both."""
+
+    def __init__(self, port: int) -> None:
+        self.sent: Counter[str] = Counter()
+        self.in_scripts = 0
+        self._sock = socket.create_connection(("127.0.0.1", port))
+        self._sock.sendall(b"MONITOR\r\n")
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        buffer = b""
+        with contextlib.suppress(OSError):
+            while chunk := self._sock.recv(65536):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\r\n")
+                for line in lines:
+                    if not line.startswith(b"+") or line == b"+OK":
+                        continue
+                    if b" lua] " in line:
+                        self.in_scripts += 1
+                    else:
+                        name = line.partition(b'] "')[2].partition(b'"')[0].decode().lower()
+                        self.sent[name] += 1
+
+    def stop(self) -> Counter[str]:
+        time.sleep(0.3)
+        self._sock.close()
+        self._thread.join(2)
+        return self.sent
 
 
 async def offer(ports: list[int], secret: str, rate: float, seconds: float,
@@ -156,9 +189,10 @@ def rate_run(fleet: Fleet, seconds: float, offered: float) -> dict[str, Any]:
     # First sight of a key waits one sync on each worker: warm every worker up.
     asyncio.run(offer(fleet.ports, secret, 60, 1.0))
     time.sleep(2.5)  # the bucket refills
-    before = fleet.commands()
+    monitor = fleet.monitor()
     results = asyncio.run(offer(fleet.ports, secret, offered, seconds))
-    commands = fleet.commands() - before
+    by_command = monitor.stop()
+    commands = by_command.total()
     per_second = Counter(int(at) for at, _, status in results if status == 200)
     seconds_measured = [per_second.get(s, 0) for s in range(2, int(seconds))]
     errors = sum(1 for _, _, status in results if status not in (200, 429))
@@ -171,6 +205,8 @@ def rate_run(fleet: Fleet, seconds: float, offered: float) -> dict[str, Any]:
             "seconds_within_10pct": f"{within}/{len(seconds_measured)}",
             "admitted_by_instance": [by_instance.get(i, 0) for i in range(3)],
             "errors": errors, "redis_commands": commands,
+            "redis_commands_by_name": dict(by_command.most_common(8)),
+            "run_inside_scripts": monitor.in_scripts,
             "redis_commands_per_request": commands / max(len(results), 1)}
 
 
