@@ -304,7 +304,7 @@ def test_keys_update_errors_change_nothing(redis_clean, args, needle) -> None:
     result = cli(redis_clean, "keys", "update", key["id"], *args, *extra)
     usage_error(result, needle)
     if args and args[0] in ("--scope", "--account", "--type", "--name"):
-        assert "only a key's expiry and description can change" in result.stderr
+        assert "only a key's expiry, description and limits can change" in result.stderr
     assert stored_key(redis_clean, key["id"]) == before
 
 
