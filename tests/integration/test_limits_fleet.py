@@ -15,7 +15,7 @@ import pytest
 
 from gateway.limits.local import LeaseTable, Limit, Settings
 from gateway.limits.policy import parse_quota, parse_rate, period_label
-from gateway.limits.sync import LimitSync, quota_key, usage_key
+from gateway.limits.sync import LimitSync, quota_key, read_usage, usage_key
 from gateway.store.client import GatedCluster, connect
 from tests.support.redis_server import RedisServer
 from tests.support.redis_topology import ClusterTopology, topology_binaries_missing
@@ -202,6 +202,13 @@ async def test_usage_counts_reach_redis(fleet: SimFleet, redis_clean: RedisServe
     assert sum(v for k, v in counts.items() if k.endswith(":rate_limited")) == \
         tally.refused["rate_limited"]
     assert 7 * 86_400 < ttl <= 8 * 86_400
+    client = connect(redis_clean.url, 0.5)
+    try:
+        usage = await read_usage(client, KEY, time.time())
+    finally:
+        await client.aclose()
+    assert sum(m.get("ok", 0) for m in usage.values()) == tally.total()
+    assert all(len(minute) == len("2026-12-03T12:00") for minute in usage)
 
 
 # -- Redis stopped and started again mid-run
