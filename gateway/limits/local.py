@@ -363,7 +363,9 @@ class LeaseTable:
         if isinstance(rule, Rate):
             return min(want, rule.burst)
         if lease.exhausted:
-            return float(min(lease.waiting, 1))
+            # Asked again, one token, while requests come: tokens other workers give back,
+            # or a quota raised meanwhile, end the exhaustion.
+            return 1.0 if want > 0 or lease.waiting else 0.0
         cap = max(QUOTA_LEASE_MIN, rule.limit * QUOTA_LEASE_FRACTION)
         return min(max(want, lease.waiting), cap)
 

@@ -83,6 +83,25 @@ def test_a_used_up_quota_refuses_until_the_next_utc_day() -> None:
     assert t.decide([DAILY]).outcome == "wait"
 
 
+def test_a_used_up_quota_is_asked_again_while_requests_come() -> None:
+    t, clock = table()
+    t.decide([TOTAL])
+    for ask in t.plan():
+        t.settle(ask, 0, 0)
+    for _ in range(10):
+        assert t.decide([TOTAL]).reason == "quota_exhausted"
+    clock.now += 0.15
+    (ask,) = t.plan()
+    assert ask.take == 1
+    t.settle(ask, 1, 5)  # another worker gave tokens back, or the quota was raised
+    assert t.decide([TOTAL]).admitted
+    for _ in range(20):  # no requests: nothing asked
+        clock.now += 0.15
+        for ask in t.plan():
+            t.settle(ask, ask.take, 5)
+    assert all(ask.take == 0 for ask in t.plan())
+
+
 def test_a_refusal_spends_no_token_of_the_other_limits() -> None:
     t, _ = table()
     t.decide([RATE, DAILY])
