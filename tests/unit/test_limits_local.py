@@ -58,11 +58,28 @@ def test_final_turns_a_wait_into_a_refusal() -> None:
 
 
 def test_an_empty_lease_refuses_when_redis_had_nothing_left() -> None:
-    t, _ = table()
+    t, clock = table()
     t.decide([RATE])
     sync(t, grant=2, remaining=0)
+    clock.now += 0.15  # one interval: the paced lease is all spendable
     assert [t.decide([RATE]).outcome for _ in range(3)] == ["admit", "admit", "refuse"]
     assert t.decide([RATE]).reason == "rate_limited"
+
+
+def test_a_contended_lease_is_spent_evenly_over_the_interval() -> None:
+    t, clock = table(interval=0.1)
+    t.decide([RATE])
+    (ask,) = t.plan()
+    t.settle(ask, 10, 0)  # Redis had no more: pace the ten over 0.1 s
+    admitted = []
+    for _ in range(10):
+        clock.now += 0.0101  # a little over a tenth: float steps on an epoch clock
+        admitted.append(sum(t.decide([RATE]).admitted for _ in range(5)))
+    assert admitted == [1] * 10
+    t.decide([RATE])
+    (ask,) = t.plan()
+    t.settle(ask, 10, 50)  # Redis had plenty: no pacing
+    assert sum(t.decide([RATE]).admitted for _ in range(10)) == 10
 
 
 def test_an_empty_lease_waits_when_redis_had_plenty() -> None:
@@ -197,6 +214,7 @@ def test_usage_counts_by_minute_and_reason() -> None:
     t, clock = table()
     t.decide([RATE], KEY)  # a wait is not counted
     sync(t, grant=1, remaining=0)
+    clock.now += 0.15
     t.decide([RATE], KEY)
     t.decide([RATE], KEY)
     clock.now += 60
@@ -254,9 +272,10 @@ def test_online_a_worker_never_admits_more_than_redis_granted(actions: list[tupl
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 50), st.integers(0, 50))
 def test_a_lease_admits_exactly_its_tokens(grant: int, extra: int) -> None:
-    t, _ = table()
+    t, clock = table()
     t.decide([RATE])
     sync(t, grant=grant, remaining=0)
+    clock.now += 0.15
     tokens = t.leases[RATE.bucket].tokens
     outcomes = [t.decide([RATE]).admitted for _ in range(tokens + extra)]
     assert sum(outcomes) == tokens
