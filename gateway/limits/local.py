@@ -67,6 +67,8 @@ QUOTA_EXHAUSTED = "quota_exhausted"
 STORE_UNAVAILABLE = "key_store_unavailable"
 SHARE_WINDOW = 5.0  # seconds of grants a worker's outage share is measured over
 IDLE_DROP = 60.0  # a lease unused this long is forgotten (its tokens given back first)
+KEEP_WARM = 10.0  # seconds since its last request a lease keeps at least one token
+UNCONTENDED_TTL_FACTOR = 5  # a lease Redis had more for lives this many lease_ttl
 QUOTA_LEASE_FRACTION = 0.01  # a quota lease holds at most this part of the quota...
 QUOTA_LEASE_MIN = 10.0  # ...or this many tokens, if more
 MAX_USAGE_ENTRIES = 100_000  # usage counts waiting for a flush, per worker
@@ -143,6 +145,7 @@ class Lease:
     first_grant: float = math.inf
     outage_level: float = 0.0  # the local bucket while Redis is away
     outage_at: float = 0.0
+    outage_share: float = 0.0  # its share of the rate when Redis went away
     owed: dict[str, int] = field(default_factory=dict)  # period label -> admitted offline
 
     def share(self, now: float, floor: float) -> float:
@@ -151,9 +154,12 @@ class Lease:
         while self.grants and self.grants[0][0] < now - SHARE_WINDOW:
             self.grants.popleft()
         granted = sum(n for _, n in self.grants)
-        # Over the window, or since the first grant if that is more recent (a young lease).
-        span = min(SHARE_WINDOW, max(now - self.first_grant, 1.0))
-        return min(1.0, max(floor, granted / (rule.per_second * span)))
+        # Over the window, or since the first grant if that is more recent: a young lease's
+        # grants include the bucket's first burst, so it counts in what the fleet could get.
+        age = now - self.first_grant
+        span = min(SHARE_WINDOW, max(age, 1.0))
+        fleet = rule.per_second * span + (rule.burst if age <= SHARE_WINDOW else 0)
+        return min(1.0, max(floor, granted / fleet))
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +286,7 @@ class LeaseTable:
     def _refill_outage(self, lease: Lease, now: float) -> None:
         rule = lease.limit.rule
         assert isinstance(rule, Rate)
-        share = lease.share(now, self.settings.outage_min_share)
+        share = lease.outage_share or self.settings.outage_min_share
         capacity = max(1.0, share * rule.burst)
         lease.outage_level = min(capacity, lease.outage_level
                                  + (now - lease.outage_at) * share * rule.per_second)
@@ -357,7 +363,7 @@ class LeaseTable:
                 if lease.refund == 0:
                     del self.leases[bucket]
                     continue
-            want = self._want(lease, settings)
+            want = self._want(lease, settings, now)
             take = 0
             if self.closing:
                 pass  # the last sync of a stopping worker gives back, takes nothing
@@ -369,11 +375,15 @@ class LeaseTable:
                 asks.append(Ask(lease, take, lease.refund, owed))
         return asks
 
-    def _want(self, lease: Lease, settings: Settings) -> float:
+    def _want(self, lease: Lease, settings: Settings, now: float) -> float:
         rule = lease.limit.rule
         want = lease.rate_estimate * settings.interval * settings.horizon
         if want < 0.5:
             want = 0.0  # the halving estimate of an idle lease: ask nothing, hold nothing
+        if now - lease.last_used < KEEP_WARM:
+            # A key in use keeps a token in hand, so its next request (even a slow key's)
+            # does not wait for a sync.
+            want = max(want, 1.0)
         if isinstance(rule, Rate):
             return min(want, rule.burst)
         if lease.exhausted:
@@ -400,7 +410,10 @@ class LeaseTable:
         # Paced only when Redis had no more: an unreached limit spends its lease at once.
         contended = isinstance(lease.limit.rule, Rate) and remaining < 1
         lease.paced, lease.paced_at = (float(lease.tokens) if contended else 0.0), now
-        lease.expires = now + self.settings.lease_ttl
+        # A lease Redis had more for hoards nothing others want: it lives longer, so a slow
+        # key is not given back and taken again every lease_ttl.
+        lease.expires = now + self.settings.lease_ttl * (1 if contended or remaining < 1
+                                                         else UNCONTENDED_TTL_FACTOR)
         lease.known = True
         lease.server_remaining = remaining
         lease.exhausted = isinstance(lease.limit.rule, Quota) and remaining < 1 and \
@@ -418,6 +431,8 @@ class LeaseTable:
         if self.online:
             for lease in self.leases.values():
                 lease.outage_level, lease.outage_at = 0.0, now
+                if isinstance(lease.limit.rule, Rate):  # the last known share, kept
+                    lease.outage_share = lease.share(now, self.settings.outage_min_share)
         self.online = False
         for ask in asks:
             ask.lease.in_flight = False

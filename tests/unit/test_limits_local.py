@@ -158,6 +158,11 @@ def test_leases_are_sized_by_demand_and_given_back_when_idle() -> None:
         for ask in t.plan():
             t.settle(ask, ask.take, 0)
     clock.now += 1.0
+    assert all(ask.take <= 1 for ask in t.plan())  # in use lately: one token kept in hand
+    clock.now += 10.0
+    for ask in t.plan():
+        t.settle(ask, ask.take, 0)
+    clock.now += 1.0
     assert all(ask.take == 0 for ask in t.plan())
     assert t.leases[RATE.bucket].tokens == 0  # an idle worker holds nothing
 
@@ -191,12 +196,13 @@ def test_outage_rates_at_the_worker_share_and_quotas_by_setting() -> None:
     t.decide([RATE])
     t.decide([DAILY])
     t.decide([TOTAL])
-    for ask in t.plan():
-        t.settle(ask, 25 if ask.lease.limit is RATE else 0, 50)  # a quarter of 100/s
-    for _ in range(4):
-        clock.now += 1
+    for _ in range(5):  # a quarter of 100/s granted, under contention, for 5 s
         for ask in t.plan():
-            t.settle(ask, 25 if ask.lease.limit is RATE else 0, 50)
+            rate = ask.lease.limit is RATE
+            t.settle(ask, 25 if rate else 0, 0 if rate else 50)
+            t.leases[RATE.bucket].refund = 0
+        t.leases[RATE.bucket].tokens = 0
+        clock.now += 1
     t.leases[RATE.bucket].tokens = 0  # spent: leftover lease tokens would be spent first
     t.failed(t.plan())
     assert not t.online
