@@ -68,6 +68,8 @@ STORE_UNAVAILABLE = "key_store_unavailable"
 SHARE_WINDOW = 5.0  # seconds of grants a worker's outage share is measured over
 IDLE_DROP = 60.0  # a lease unused this long is forgotten (its tokens given back first)
 KEEP_WARM = 10.0  # seconds since its last request a lease keeps at least one token
+HOLD_SLOW = 5.0  # ...or this many seconds of its slow average demand
+SLOW_BURST_FRACTION = 0.05  # ...but no more than this part of a rate's burst
 UNCONTENDED_TTL_FACTOR = 5  # a lease Redis had more for lives this many lease_ttl
 QUOTA_LEASE_FRACTION = 0.01  # a quota lease holds at most this part of the quota...
 QUOTA_LEASE_MIN = 10.0  # ...or this many tokens, if more
@@ -127,6 +129,7 @@ class Lease:
     known: bool = False  # Redis has answered for it at least once
     demand: int = 0  # requests that wanted a token since the last plan
     rate_estimate: float = 0.0  # requests per second, smoothed
+    slow_estimate: float = 0.0  # requests per second, averaged over ~KEEP_WARM seconds
     last_plan: float = 0.0
     last_used: float = 0.0
     server_remaining: float = 0.0  # what Redis had left after its last grant
@@ -352,6 +355,8 @@ class LeaseTable:
             observed = lease.demand / elapsed
             # Rise at once, decay by halves: a burst is served, a lull releases tokens.
             lease.rate_estimate = max(observed, (lease.rate_estimate + observed) / 2)
+            weight = min(1.0, elapsed / KEEP_WARM)  # and a slow average, over ~KEEP_WARM s
+            lease.slow_estimate += (observed - lease.slow_estimate) * weight
             lease.demand, lease.last_plan = 0, now
             if lease.tokens > 0 and now + settings.interval >= lease.expires:
                 # Would expire before the next sync: give back and take anew in one call.
@@ -381,9 +386,13 @@ class LeaseTable:
         if want < 0.5:
             want = 0.0  # the halving estimate of an idle lease: ask nothing, hold nothing
         if now - lease.last_used < KEEP_WARM:
-            # A key in use keeps a token in hand, so its next request (even a slow key's)
-            # does not wait for a sync.
-            want = max(want, 1.0)
+            # A key in use keeps tokens in hand for its slow average over HOLD_SLOW seconds
+            # (at least one, at most 5% of a burst): a slow key's request neither waits for a
+            # sync nor costs one each.
+            slow = lease.slow_estimate * HOLD_SLOW
+            if isinstance(rule, Rate):
+                slow = min(slow, rule.burst * SLOW_BURST_FRACTION)
+            want = max(want, slow, 1.0)
         if isinstance(rule, Rate):
             return min(want, rule.burst)
         if lease.exhausted:

@@ -158,7 +158,8 @@ def test_leases_are_sized_by_demand_and_given_back_when_idle() -> None:
         for ask in t.plan():
             t.settle(ask, ask.take, 0)
     clock.now += 1.0
-    assert all(ask.take <= 1 for ask in t.plan())  # in use lately: one token kept in hand
+    # In use lately: a few tokens kept in hand (at most 5% of the burst).
+    assert all(ask.take <= 5 for ask in t.plan())
     clock.now += 10.0
     for ask in t.plan():
         t.settle(ask, ask.take, 0)
