@@ -17,8 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import mmap
 import random
 import shutil
+import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -35,9 +38,10 @@ KEY = "gw:key:bench"
 
 
 async def run_worker(url: str, mode: str, rate: float, limit: int, start_at: float,
-                     duration: float, seed: int, interval: float) -> dict[str, Any]:
+                     duration: float, seed: int, interval: float,
+                     counter: mmap.mmap | None) -> dict[str, Any]:
     from gateway.limits.local import LeaseTable, Limit, Settings
-    from gateway.limits.policy import parse_rate
+    from gateway.limits.policy import parse_quota, parse_rate
     from gateway.limits.sync import LimitSync
     from gateway.store.client import connect
 
@@ -46,7 +50,16 @@ async def run_worker(url: str, mode: str, rate: float, limit: int, start_at: flo
     offered = 0
     pending: set[asyncio.Task[None]] = set()
     limiter = LimitSync(client, LeaseTable(Settings(interval=interval)))
-    rule = [Limit("key", KEY, parse_rate(f"{limit}/s"))]
+    rule = [Limit("key-quota", KEY, parse_quota(str(limit))) if mode == "quota"
+            else Limit("key", KEY, parse_rate(f"{limit}/s"))]
+    total = 0  # admissions so far, also kept in `counter` (readable after a SIGKILL)
+
+    def count(second: int) -> None:
+        nonlocal total
+        admitted[second] += 1
+        total += 1
+        if counter is not None:
+            struct.pack_into("q", counter, 0, total)
     from bench.baselines.kong_redis_limiter import KongStyleLimiter
     kong = KongStyleLimiter(client, limit)  # type: ignore[arg-type]
 
@@ -56,9 +69,9 @@ async def run_worker(url: str, mode: str, rate: float, limit: int, start_at: flo
         else:
             ok = (await limiter.check(rule, KEY)).admitted
         if ok:
-            admitted[second] += 1
+            count(second)
 
-    if mode == "leases":
+    if mode != "kong":
         limiter.start()
     await asyncio.sleep(max(0.0, start_at - time.time()))
     random.seed(seed)
@@ -67,10 +80,10 @@ async def run_worker(url: str, mode: str, rate: float, limit: int, start_at: flo
         second = int(elapsed)
         while offered < int((elapsed + phase) * rate):
             offered += 1
-            decision = limiter.decide(rule, KEY) if mode == "leases" else None
+            decision = limiter.decide(rule, KEY) if mode != "kong" else None
             if decision is not None and decision.outcome != "wait":
                 if decision.admitted:
-                    admitted[second] += 1
+                    count(second)
                 continue
             task = asyncio.ensure_future(later(second))
             pending.add(task)
@@ -78,15 +91,20 @@ async def run_worker(url: str, mode: str, rate: float, limit: int, start_at: flo
         await asyncio.sleep(0.005)
     if pending:
         await asyncio.gather(*pending)
-    if mode == "leases":
+    if mode != "kong":
         await limiter.stop()
     await client.aclose()
     return {"admitted": dict(admitted), "offered": offered}
 
 
 def worker_main(args: argparse.Namespace) -> None:
+    counter = None
+    if args.counter_file:
+        with open(args.counter_file, "r+b") as file:
+            counter = mmap.mmap(file.fileno(), 8)
     result = uvloop.run(run_worker(args.url, args.mode, args.worker_rate, args.limit,
-                                   args.start_at, args.duration, args.seed, args.interval))
+                                   args.start_at, args.duration, args.seed, args.interval,
+                                   counter))
     print(json.dumps(result), flush=True)
 
 
@@ -120,21 +138,36 @@ def client_commands(stats: dict[str, Any]) -> tuple[int, int]:
     return sent, everything
 
 
-def run_mode(url: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_mode(url: str, mode: str, args: argparse.Namespace, tmp: Path, *,
+             rate: float | None = None, limit: int | None = None,
+             duration: float | None = None, kill_at: float | None = None) -> dict[str, Any]:
+    """One fleet run; `kill_at` SIGKILLs the busiest worker that many seconds in."""
+    rate, limit = rate or args.rate, limit or args.limit
+    duration = duration or args.duration
     with redis.Redis.from_url(url) as admin:
         admin.flushall()
         admin.config_resetstat()
     start_at = time.time() + 3.0  # every process up and connected first
+    counters = []
+    for i in range(len(SPLIT)):
+        counters.append(tmp / f"{mode}-{i}.count")
+        counters[-1].write_bytes(bytes(8))
     workers = [subprocess.Popen(
         [sys.executable, "-m", "bench.limits_fleet", "--worker", "--url", url, "--mode", mode,
-         "--worker-rate", str(args.rate * share), "--limit", str(args.limit),
-         "--start-at", str(start_at), "--duration", str(args.duration), "--seed", str(i),
-         "--interval", str(args.interval)],
+         "--worker-rate", str(rate * share), "--limit", str(limit),
+         "--start-at", str(start_at), "--duration", str(duration), "--seed", str(i),
+         "--interval", str(args.interval), "--counter-file", str(counters[i])],
         stdout=subprocess.PIPE) for i, share in enumerate(SPLIT)]
+    if kill_at is not None:
+        time.sleep(max(0.0, start_at + kill_at - time.time()))
+        workers[0].send_signal(signal.SIGKILL)
     results = []
-    for worker in workers:
-        out, _ = worker.communicate(timeout=args.duration + 60)
-        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    for worker, counter in zip(workers, counters, strict=True):
+        out, _ = worker.communicate(timeout=duration + 60)
+        lines = out.decode().strip().splitlines()
+        results.append(json.loads(lines[-1]) if lines and worker.returncode == 0 else
+                       {"admitted": {}, "offered": 0,
+                        "killed_admitted": struct.unpack("q", counter.read_bytes())[0]})
     with redis.Redis.from_url(url) as admin:
         stats = admin.info("commandstats")
     admitted: Counter[int] = Counter()
@@ -144,7 +177,9 @@ def run_mode(url: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     sent, everything = client_commands(stats)
     if mode == "kong":
         sent = everything  # INCR and EXPIRE are both sent by the client
-    return {"admitted": admitted, "offered": offered, "sent": sent, "executed": everything}
+    killed = sum(r.get("killed_admitted", 0) for r in results)
+    return {"admitted": admitted, "offered": offered, "sent": sent, "executed": everything,
+            "killed_admitted": killed}
 
 
 def time_decide(limit_text: str = "1000000/s", rounds: int = 200_000) -> float:
@@ -169,6 +204,7 @@ def main() -> None:
     parser.add_argument("--worker-rate", type=float, default=0.0)
     parser.add_argument("--start-at", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--counter-file", default="")
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--limit", type=int, default=100)
@@ -180,12 +216,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="limbench-", dir="/tmp"))
     process, url = start_redis(tmp)
     try:
-        ours = run_mode(url, "leases", args)
-        kong = run_mode(url, "kong", args)
+        ours = run_mode(url, "leases", args, tmp)
+        kong = run_mode(url, "kong", args, tmp)
+        quota = run_mode(url, "quota", args, tmp, rate=1500, limit=10_000, duration=10,
+                         kill_at=4.0)
     finally:
         process.kill()
         process.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     print(f"{len(SPLIT)} workers (3 instances x 2), {args.rate:.0f} req/s offered 80/15/5, "
           f"limit {args.limit}/s, {args.duration:.0f} s, lease sync every {args.interval} s")
     print(f"{'second':>6} {'leases':>8} {'ratio':>6} {'kong-redis':>10} {'ratio':>6}")
@@ -202,6 +240,10 @@ def main() -> None:
               f"scripts {result['executed'] / result['offered']:.3f})")
     print(f"leases: worst second after the first 2 s off the target by {worst:.1%}")
     print(f"decide() for an unreached limit: {time_decide():.2f} µs per request")
+    admitted = sum(quota["admitted"].values()) + quota["killed_admitted"]
+    print(f"quota 10000 (total), 1500 req/s offered 80/15/5 for 10 s, the busiest worker "
+          f"SIGKILLed at 4 s: admitted {admitted} ({admitted / 10_000:.2%} of the quota; "
+          f"{quota['killed_admitted']} by the killed worker before it died)")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.limits.local import Limit
 from gateway.limits.policy import Quota, next_reset, period_label
-from gateway.limits.sync import quota_key, usage_key
+from gateway.limits.sync import quota_key, read_usage
 from gateway.store.client import Redis, store_errors
 
 USAGE_DAYS = 7
@@ -46,24 +46,10 @@ async def usage(redis: Redis, scope: str, *, days: int = USAGE_DAYS,
     """Per-minute counts of the last `days` UTC days (today included), oldest first, minutes
     with no request left out: {"minute": ISO time, "ok": n, "refused": {reason: n}}."""
     now = time.time() if now is None else now
-    today = datetime.fromtimestamp(now, UTC).date()
-    minutes: dict[str, dict[str, Any]] = {}
-    for back in range(min(max(days, 1), USAGE_DAYS + 1) - 1, -1, -1):
-        day = (today - timedelta(days=back)).isoformat()
-        with store_errors():
-            fields = await redis.hgetall(usage_key(scope, day))
-        for name, count in sorted(fields.items()):
-            text = name.decode() if isinstance(name, bytes) else str(name)
-            hhmm, _, reason = text.partition(":")
-            if len(hhmm) != 4 or not hhmm.isdigit():
-                continue
-            minute = f"{day}T{hhmm[:2]}:{hhmm[2:]}:00Z"
-            entry = minutes.setdefault(minute, {"minute": minute, "ok": 0, "refused": {}})
-            if reason == "ok":
-                entry["ok"] += int(count)
-            else:
-                entry["refused"][reason] = entry["refused"].get(reason, 0) + int(count)
-    return [minutes[m] for m in sorted(minutes)]
+    counts = await read_usage(redis, scope, now, min(max(days, 1), USAGE_DAYS))
+    return [{"minute": f"{minute}:00Z", "ok": reasons.get("ok", 0),
+             "refused": {reason: n for reason, n in reasons.items() if reason != "ok"}}
+            for minute, reasons in counts.items()]
 
 
 def by_hour(series: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

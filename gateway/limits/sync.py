@@ -131,6 +131,26 @@ def usage_key(scope: str, day: str) -> str:
     return f"{USAGE_PREFIX}{{{scope}}}:{day}"
 
 
+async def read_usage(redis: Redis, scope: str, now: float,
+                     days: int = 7) -> dict[str, dict[str, int]]:
+    """A key's usage per minute over the last `days` UTC days (today included):
+    {"2026-12-03T12:00": {"ok": 42, "rate_limited": 3}, ...}, oldest first. One pipeline of
+    HGETALLs (all in the key's slot). For the CLI, the admin API and the web page."""
+    day_names = [datetime.fromtimestamp(now - 86_400 * back, UTC).strftime("%Y-%m-%d")
+                 for back in range(days - 1, -1, -1)]
+    with store_errors():
+        async with redis.pipeline(transaction=False) as pipe:
+            for day in day_names:
+                pipe.hgetall(usage_key(scope, day))
+            replies = await pipe.execute()
+    usage: dict[str, dict[str, int]] = {}
+    for day, fields in zip(day_names, replies, strict=True):
+        for name, count in sorted(fields.items()):
+            minute, _, reason = name.decode().partition(":")
+            usage.setdefault(f"{day}T{minute[:2]}:{minute[2:]}", {})[reason] = int(count)
+    return usage
+
+
 def _quota_expiry(quota: Quota, label_time: float) -> int:
     end = next_reset(quota.period, label_time)
     return 0 if end is None else math.ceil(end) + PERIOD_KEEP

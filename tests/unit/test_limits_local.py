@@ -58,11 +58,32 @@ def test_final_turns_a_wait_into_a_refusal() -> None:
 
 
 def test_an_empty_lease_refuses_when_redis_had_nothing_left() -> None:
-    t, _ = table()
+    t, clock = table()
     t.decide([RATE])
     sync(t, grant=2, remaining=0)
+    clock.now += 0.15  # one interval: the paced lease is all spendable
     assert [t.decide([RATE]).outcome for _ in range(3)] == ["admit", "admit", "refuse"]
     assert t.decide([RATE]).reason == "rate_limited"
+
+
+def test_a_contended_lease_is_spent_evenly_over_the_interval() -> None:
+    t, clock = table(interval=0.1)
+    t.decide([RATE])
+    (ask,) = t.plan()
+    t.settle(ask, 10, 0)  # the first grant empties the bucket: a burst, spendable at once
+    assert sum(t.decide([RATE]).admitted for _ in range(12)) == 10
+    clock.now += 0.1
+    (ask,) = t.plan()
+    t.settle(ask, 10, 0)  # a refill of a bucket already empty: paced over 0.1 s
+    admitted = []
+    for _ in range(10):
+        clock.now += 0.0101  # a little over a tenth: float steps on an epoch clock
+        admitted.append(sum(t.decide([RATE]).admitted for _ in range(5)))
+    assert admitted == [1] * 10
+    t.decide([RATE])
+    (ask,) = t.plan()
+    t.settle(ask, 10, 50)  # Redis had plenty: no pacing
+    assert sum(t.decide([RATE]).admitted for _ in range(10)) == 10
 
 
 def test_an_empty_lease_waits_when_redis_had_plenty() -> None:
@@ -81,6 +102,25 @@ def test_a_used_up_quota_refuses_until_the_next_utc_day() -> None:
     assert (decision.reason, decision.retry_after) == ("quota_exhausted", 12 * 3600)
     clock.now += 12 * 3600  # midnight UTC: a new period, a new key, a new lease
     assert t.decide([DAILY]).outcome == "wait"
+
+
+def test_a_used_up_quota_is_asked_again_while_requests_come() -> None:
+    t, clock = table()
+    t.decide([TOTAL])
+    for ask in t.plan():
+        t.settle(ask, 0, 0)
+    for _ in range(10):
+        assert t.decide([TOTAL]).reason == "quota_exhausted"
+    clock.now += 0.15
+    (ask,) = t.plan()
+    assert ask.take == 1
+    t.settle(ask, 1, 5)  # another worker gave tokens back, or the quota was raised
+    assert t.decide([TOTAL]).admitted
+    for _ in range(20):  # no requests: nothing asked
+        clock.now += 0.15
+        for ask in t.plan():
+            t.settle(ask, ask.take, 5)
+    assert all(ask.take == 0 for ask in t.plan())
 
 
 def test_a_refusal_spends_no_token_of_the_other_limits() -> None:
@@ -122,6 +162,12 @@ def test_leases_are_sized_by_demand_and_given_back_when_idle() -> None:
         for ask in t.plan():
             t.settle(ask, ask.take, 0)
     clock.now += 1.0
+    # In use lately: a few tokens kept in hand (at most 5% of the burst).
+    assert all(ask.take <= 5 for ask in t.plan())
+    clock.now += 10.0
+    for ask in t.plan():
+        t.settle(ask, ask.take, 0)
+    clock.now += 1.0
     assert all(ask.take == 0 for ask in t.plan())
     assert t.leases[RATE.bucket].tokens == 0  # an idle worker holds nothing
 
@@ -155,12 +201,13 @@ def test_outage_rates_at_the_worker_share_and_quotas_by_setting() -> None:
     t.decide([RATE])
     t.decide([DAILY])
     t.decide([TOTAL])
-    for ask in t.plan():
-        t.settle(ask, 25 if ask.lease.limit is RATE else 0, 50)  # a quarter of 100/s
-    for _ in range(4):
-        clock.now += 1
+    for _ in range(5):  # a quarter of 100/s granted, under contention, for 5 s
         for ask in t.plan():
-            t.settle(ask, 25 if ask.lease.limit is RATE else 0, 50)
+            rate = ask.lease.limit is RATE
+            t.settle(ask, 25 if rate else 0, 0 if rate else 50)
+            t.leases[RATE.bucket].refund = 0
+        t.leases[RATE.bucket].tokens = 0
+        clock.now += 1
     t.leases[RATE.bucket].tokens = 0  # spent: leftover lease tokens would be spent first
     t.failed(t.plan())
     assert not t.online
@@ -178,6 +225,7 @@ def test_usage_counts_by_minute_and_reason() -> None:
     t, clock = table()
     t.decide([RATE], KEY)  # a wait is not counted
     sync(t, grant=1, remaining=0)
+    clock.now += 0.15
     t.decide([RATE], KEY)
     t.decide([RATE], KEY)
     clock.now += 60
@@ -244,9 +292,10 @@ def test_online_a_worker_never_admits_more_than_redis_granted(actions: list[tupl
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 50), st.integers(0, 50))
 def test_a_lease_admits_exactly_its_tokens(grant: int, extra: int) -> None:
-    t, _ = table()
+    t, clock = table()
     t.decide([RATE])
     sync(t, grant=grant, remaining=0)
+    clock.now += 0.15
     tokens = t.leases[RATE.bucket].tokens
     outcomes = [t.decide([RATE]).admitted for _ in range(tokens + extra)]
     assert sum(outcomes) == tokens
