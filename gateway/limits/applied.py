@@ -72,12 +72,32 @@ def _rules(record: Limited) -> tuple[Rate | None, Quota | None]:
     return rate, quota
 
 
+# (key id, route name) -> (key, account, route, limits): the records a list was built from,
+# compared by identity. The key cache hands out the same record objects until a change
+# replaces them, so a request finds its list without building one (Limit objects, rule
+# lookups: 7 µs, against 0.3 µs for this).
+_BUILT: dict[tuple[str, str], tuple[object, object, object, tuple[Limit, ...]]] = {}
+MAX_BUILT = 100_000
+
+
 def applied_limits(key_id: str, key: Limited, account_id: str, account: Limited,
                    route_name: str, route: Limited) -> tuple[Limit, ...]:
     """Every limit on this request, named as the RateLimit fields name them."""
     if not (key.rate or key.quota or account.rate or account.quota or route.rate
             or route.quota):
         return ()
+    built = _BUILT.get((key_id, route_name))
+    if built is not None and built[0] is key and built[1] is account and built[2] is route:
+        return built[3]
+    limits = _build(key_id, key, account_id, account, route_name, route)
+    if len(_BUILT) >= MAX_BUILT:
+        _BUILT.clear()
+    _BUILT[(key_id, route_name)] = (key, account, route, limits)
+    return limits
+
+
+def _build(key_id: str, key: Limited, account_id: str, account: Limited,
+           route_name: str, route: Limited) -> tuple[Limit, ...]:
     limits: list[Limit] = []
     key_scope = KEY_SCOPE + key_id
     rate, quota = _rules(key)

@@ -197,7 +197,8 @@ class LeaseTable:
         self.usage_dropped = 0
         self._minute = -1
         self._minute_names = ("", "")
-        self._policy_fields: dict[tuple[str, ...], str] = {}
+        self._entries: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._policy_fields: dict[tuple[int, ...], str] = {}
         self.admitted_unleased = 0  # admitted without a Redis-granted token (outage)
 
     # -- the request path
@@ -212,6 +213,27 @@ class LeaseTable:
             return ADMIT
         now = self.clock()
         wall = self.wall()
+        if self.online and not final:
+            # The usual request: every lease holds a spendable token (unexpired, not paced, in
+            # the current period, for the rule as it is). Spent without the general checks.
+            get = self.leases.get
+            held = []
+            for limit in limits:
+                lease = get(limit.bucket)
+                if (lease is None or lease.limit is not limit or lease.tokens < 1
+                        or now >= lease.expires or lease.paced
+                        or (wall >= lease.period_end and isinstance(limit.rule, Quota))):
+                    break
+                held.append(lease)
+            else:
+                for lease in held:
+                    lease.tokens -= 1
+                    lease.demand += 1
+                    lease.last_used = now
+                decision = Decision("admit", None, 0, self._headers(held, now, wall))
+                if usage_scope is not None:
+                    self._count(usage_scope, wall, "ok")
+                return decision
         leases = [self._lease(limit, now, wall) for limit in limits]
         refusal: tuple[str, int] | None = None
         wait = False
@@ -307,7 +329,9 @@ class LeaseTable:
                  wall: float) -> tuple[tuple[str, str], ...]:
         # On every answer, so kept cheap: the policy field is made once per set of limits,
         # and the RateLimit field only for the policy closest to its limit.
-        key = tuple([lease.limit.bucket for lease in leases])
+        # By the leases themselves (ids; the table is cleared whenever a lease goes or changes
+        # its rule, so an id is never read for another lease).
+        key = tuple(map(id, leases))
         policy = self._policy_fields.get(key)
         if policy is None:
             if len(self._policy_fields) > MAX_USAGE_ENTRIES:
@@ -317,21 +341,26 @@ class LeaseTable:
                             round(lease.limit.rule.window)
                             if isinstance(lease.limit.rule, Rate) else lease.period_length,
                             0, 0.0) for lease in leases])
-        nearest: tuple[float, float, Lease, int] | None = None
+        best_used = best_reset = -1.0
+        best: Lease = leases[0]
+        best_remaining = 0
         for lease in leases:
             rule = lease.limit.rule
             remaining = int(lease.tokens + lease.server_remaining) if lease.known else 0
+            if remaining < 0:
+                remaining = 0
             if isinstance(rule, Rate):
-                remaining = min(remaining, rule.burst)
+                if remaining > rule.burst:
+                    remaining = rule.burst
                 reset = (rule.burst - remaining) / rule.per_second
             else:
-                remaining = min(remaining, rule.limit)
+                if remaining > rule.limit:
+                    remaining = rule.limit
                 reset = 0.0 if lease.period_end == math.inf else lease.period_end - wall
-            used = 1.0 - max(remaining, 0) / rule.limit
-            if nearest is None or (used, reset) > nearest[:2]:
-                nearest = (used, reset, lease, remaining)
-        assert nearest is not None
-        current = f"{nearest[2].limit.quoted};r={max(nearest[3], 0)};t={math.ceil(nearest[1])}"
+            used = 1.0 - remaining / rule.limit
+            if used > best_used or (used == best_used and reset > best_reset):
+                best_used, best_reset, best, best_remaining = used, reset, lease, remaining
+        current = f"{best.limit.quoted};r={best_remaining};t={math.ceil(best_reset)}"
         return (("RateLimit-Policy", policy), ("RateLimit", current))
 
     def _count(self, scope: str, wall: float, reason: str) -> None:
@@ -339,10 +368,17 @@ class LeaseTable:
         if minute != self._minute:
             moment = datetime.fromtimestamp(minute * 60, UTC)
             self._minute, self._minute_names = minute, (f"{moment:%Y-%m-%d}", f"{moment:%H%M}")
-        day, hhmm = self._minute_names
-        entry = (scope, day, f"{hhmm}:{reason}")
-        if entry in self.usage:
-            self.usage[entry] += 1
+            self._entries.clear()
+        # The entry of each (scope, reason) this minute, made once: on every request.
+        entry = self._entries.get((scope, reason))
+        if entry is None:
+            day, hhmm = self._minute_names
+            entry = (scope, day, f"{hhmm}:{reason}")
+            if len(self._entries) < MAX_USAGE_ENTRIES:
+                self._entries[(scope, reason)] = entry
+        usage = self.usage
+        if entry in usage:
+            usage[entry] += 1
         elif len(self.usage) < MAX_USAGE_ENTRIES:
             self.usage[entry] = 1
         else:
@@ -375,6 +411,7 @@ class LeaseTable:
                 lease.tokens = 0
                 if lease.refund == 0:
                     del self.leases[bucket]
+                    self._policy_fields.clear()
                     continue
             want = self._want(lease, settings, now)
             take = 0

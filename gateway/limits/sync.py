@@ -219,13 +219,22 @@ class LimitSync:
         """The decision for a request: immediate when the worker holds leases for it (the usual
         case), else after the next background sync (at most WAIT_LIMIT seconds)."""
         decision = self.table.decide(limits, usage_scope)
+        if decision.outcome != "wait":
+            return decision
+        return await self.decide_after_sync(limits, usage_scope)
+
+    async def decide_after_sync(self, limits: Sequence[Limit],
+                                usage_scope: str | None = None) -> Decision:
+        """After `decide` answered `wait` (the request path calls `decide` itself, without an
+        await): the decision once the syncs it wakes have run, at most WAIT_LIMIT seconds."""
         deadline = time.monotonic() + WAIT_LIMIT
-        while decision.outcome == "wait":
+        while True:
             left = deadline - time.monotonic()
             if left > 0:
                 await self.synced(left)
             decision = self.table.decide(limits, usage_scope, final=left <= 0)
-        return decision
+            if decision.outcome != "wait":
+                return decision
 
     async def synced(self, patience: float = WAIT_LIMIT) -> None:
         """Wake the sync and wait until it has run (or `patience` seconds)."""

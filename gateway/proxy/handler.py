@@ -17,6 +17,7 @@ from gateway.auth.throttle import COUNTED_CODES, FailureThrottle, client_address
 from gateway.config import Config, IPNetwork, RouteConfig
 from gateway.errors import RequestRefused
 from gateway.limits.applied import applied_limits, limit_settings
+from gateway.limits.local import Decision
 from gateway.limits.sync import LimitSync
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import (
@@ -146,7 +147,10 @@ class ProxyHandler:
                     authenticated = await self._authenticate(exchange, route, peer, trusted)
                     identity, body = authenticated.identity, authenticated.body
                     if self.limiter is not None and authenticated.key is not None:
-                        limit_headers = await self._limit(authenticated, route, identity)
+                        limited = self._limit(authenticated, route, identity)
+                        limit_headers = (limited if limited is not None else
+                                         await self._limit_later(authenticated, route,
+                                                                 identity))
                 trusted_peer = bool(trusted) and is_trusted(peer, trusted)
                 key_headers = state.key_headers.get(route.name)
                 if key_headers is not None:
@@ -199,19 +203,39 @@ class ProxyHandler:
             self._account(exchange, request_id, route_name, outcome, identity,
                           time.perf_counter() - started, upstream_seconds)
 
-    async def _limit(self, authenticated: Authenticated, route: RouteConfig,
-                     identity: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    def _limit(self, authenticated: Authenticated, route: RouteConfig,
+               identity: dict[str, str]) -> tuple[tuple[str, str], ...] | None:
         """The rate limits and quotas on this key (gateway/limits): the RateLimit fields for
-        the answer, or RequestRefused (429, or 503 for a quota that fails closed while the
-        store is away). Decided in this worker: no store call here."""
+        the answer, None when the worker must wait for its next sync to decide (`_limit_later`),
+        or RequestRefused (429, or 503 for a quota that fails closed while the store is away).
+        Decided in this worker, without an await in the usual case: no store call here."""
         key, account = authenticated.key, authenticated.account
         assert key is not None and account is not None and self.limiter is not None
         limits = applied_limits(key.id, key, account.id, account, route.name, route)
-        decision = await self.limiter.check(limits, key.id)
-        if decision.admitted:
+        decision = self.limiter.decide(limits, key.id)
+        if decision.outcome == "wait":
+            return None
+        return self._decided(decision, key.id, identity)
+
+    async def _limit_later(self, authenticated: Authenticated, route: RouteConfig,
+                           identity: dict[str, str]) -> tuple[tuple[str, str], ...]:
+        """A key this worker holds no lease for yet (or a sudden rise): decided after the
+        background sync it wakes (at most a second)."""
+        key, account = authenticated.key, authenticated.account
+        assert key is not None and account is not None and self.limiter is not None
+        limits = applied_limits(key.id, key, account.id, account, route.name, route)
+        decision = await self.limiter.decide_after_sync(limits, key.id)
+        headers = self._decided(decision, key.id, identity)
+        assert headers is not None
+        return headers
+
+    @staticmethod
+    def _decided(decision: Decision, key_id: str,
+                 identity: dict[str, str]) -> tuple[tuple[str, str], ...]:
+        if decision.outcome == "admit":
             return decision.headers
         reason = decision.reason or "rate_limited"
-        TALLY.counter(LIMIT_REFUSALS, key.id, reason).inc()
+        TALLY.counter(LIMIT_REFUSALS, key_id, reason).inc()
         refused = RequestRefused(reason, LIMIT_MESSAGES.get(reason, reason),
                                  {"Retry-After": str(decision.retry_after),
                                   **dict(decision.headers)})
