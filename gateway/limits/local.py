@@ -153,7 +153,20 @@ class Lease:
     outage_level: float = 0.0  # the local bucket while Redis is away
     outage_at: float = 0.0
     outage_share: float = 0.0  # its share of the rate when Redis went away
+    # The rule's shape for the RateLimit field, set with the rule (`shape`): no isinstance
+    # or attribute chase on each answer.
+    is_rate: bool = False
+    cap: int = 0  # most a client can have left: the burst, or the quota
+    size: int = 1  # the policy's count (q)
+    per_second: float = 0.0
     owed: dict[str, int] = field(default_factory=dict)  # period label -> admitted offline
+
+    def shape(self) -> None:
+        rule = self.limit.rule
+        self.is_rate = isinstance(rule, Rate)
+        self.size = rule.limit
+        self.cap = rule.burst if isinstance(rule, Rate) else rule.limit
+        self.per_second = rule.per_second if isinstance(rule, Rate) else 0.0
 
     def share(self, now: float, floor: float) -> float:
         rule = self.limit.rule
@@ -262,9 +275,12 @@ class LeaseTable:
         lease = self.leases.get(limit.bucket)
         if lease is None:
             lease = self.leases[limit.bucket] = Lease(limit, last_plan=now, outage_at=now)
-        elif lease.limit is not limit and lease.limit != limit:
-            lease.limit = limit  # changed after creation: Redis gets the new rule next sync
-            self._policy_fields.clear()
+            lease.shape()
+        elif lease.limit is not limit:
+            if lease.limit != limit:
+                self._policy_fields.clear()  # changed after creation: Redis gets the new rule
+            lease.limit = limit  # (equal, or new: the fast path compares by identity)
+            lease.shape()
         if isinstance(limit.rule, Quota) and wall >= lease.period_end:
             period = limit.rule.period
             label = period_label(period, wall)
@@ -341,26 +357,24 @@ class LeaseTable:
                             round(lease.limit.rule.window)
                             if isinstance(lease.limit.rule, Rate) else lease.period_length,
                             0, 0.0) for lease in leases])
-        best_used = best_reset = -1.0
         best: Lease = leases[0]
+        best_used = -1.0
         best_remaining = 0
         for lease in leases:
-            rule = lease.limit.rule
             remaining = int(lease.tokens + lease.server_remaining) if lease.known else 0
-            if remaining < 0:
+            if remaining > lease.cap:
+                remaining = lease.cap
+            elif remaining < 0:
                 remaining = 0
-            if isinstance(rule, Rate):
-                if remaining > rule.burst:
-                    remaining = rule.burst
-                reset = (rule.burst - remaining) / rule.per_second
-            else:
-                if remaining > rule.limit:
-                    remaining = rule.limit
-                reset = 0.0 if lease.period_end == math.inf else lease.period_end - wall
-            used = 1.0 - remaining / rule.limit
-            if used > best_used or (used == best_used and reset > best_reset):
-                best_used, best_reset, best, best_remaining = used, reset, lease, remaining
-        current = f"{best.limit.quoted};r={best_remaining};t={math.ceil(best_reset)}"
+            used = 1.0 - remaining / lease.size
+            # Ties: the later reset wins (a quota's period outlasts a rate's second).
+            if used > best_used or (used == best_used and not lease.is_rate):
+                best, best_used, best_remaining = lease, used, remaining
+        if best.is_rate:
+            reset = (best.cap - best_remaining) / best.per_second
+        else:
+            reset = 0.0 if best.period_end == math.inf else best.period_end - wall
+        current = f"{best.limit.quoted};r={best_remaining};t={math.ceil(reset)}"
         return (("RateLimit-Policy", policy), ("RateLimit", current))
 
     def _count(self, scope: str, wall: float, reason: str) -> None:
