@@ -463,7 +463,11 @@ def setup(opts: Options, stack: Stack) -> Bench:
     add("apikey_limited", "gateway, API key with a rate limit and a quota, not reached",
         lambda: bench.measure(gw_url, "apikey.lua", [limited_key["secret"]], store=small,
                               gateway=gw))
-    bench.profile_target = (gw, gw_url, limited_key["secret"] if os.environ.get("BENCH_PROFILE_LIMITED") else secret)
+    add("apikey_get_after", "gateway, API key, warm (again, after the limited run)",
+        lambda: bench.measure(gw_url, "apikey.lua", [secret], store=small, gateway=gw))
+    # BENCH_PROFILE_LIMITED=1: --profile samples the key with limits instead.
+    profiled = limited_key["secret"] if os.environ.get("BENCH_PROFILE_LIMITED") else secret
+    bench.profile_target = (gw, gw_url, profiled)
 
     def hmac(method: str) -> Run:
         # Enough single-use signatures for warm-up and run at API-key speed, plus a margin.
@@ -583,8 +587,12 @@ def targets(med: dict[str, dict[str, float | None]]) -> list[Target]:
           lambda v: v >= 0.8)
     check("warm API-key GET: Redis commands/request", get("apikey_get", "redis_cmds_per_req"),
           "<= 0.01", lambda v: v <= 0.01)
-    check("limits set, not reached: req/s / API-key GET",
-          ratio(get("apikey_limited", "rps"), api), ">= 0.95", lambda v: v >= 0.95)
+    # Against the API-key runs on both sides of it (the same key path, before and after),
+    # so a drift of the machine during the run does not read as the limits' cost.
+    around = [v for v in (api, get("apikey_get_after", "rps")) if v is not None]
+    check("limits set, not reached: req/s / API-key GET (before and after)",
+          ratio(get("apikey_limited", "rps"), sum(around) / len(around) if around else None),
+          ">= 0.95", lambda v: v >= 0.95)
     check("limits set, not reached: Redis commands/request",
           get("apikey_limited", "redis_cmds_per_req"), "<= 0.01", lambda v: v <= 0.01)
     check("malformed-key flood: Redis commands/request",

@@ -133,8 +133,8 @@ async def _answer(conn: UpstreamConnection, exchange: Exchange,
     head_only = upstream.method == "HEAD" or status in (204, 304)
     headers = client_response_pairs(conn.headers, upstream.request_id, keep_length=head_only)
     if upstream.response_headers:
-        headers.extend((name.encode("ascii"), value.encode("ascii"))
-                       for name, value in upstream.response_headers)
+        headers += [(name.encode("ascii"), value.encode("ascii"))
+                    for name, value in upstream.response_headers]
     if head_only:
         exchange.send_whole(status, reason, headers, b"", head_only=True)
         return

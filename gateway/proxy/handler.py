@@ -211,8 +211,10 @@ class ProxyHandler:
         Decided in this worker, without an await in the usual case: no store call here."""
         key, account = authenticated.key, authenticated.account
         assert key is not None and account is not None and self.limiter is not None
-        limits = applied_limits(key.id, key, account.id, account, route.name, route)
-        decision = self.limiter.decide(limits, key.id)
+        decision = self.limiter.table.decide(
+            applied_limits(key.id, key, account.id, account, route.name, route), key.id)
+        if decision.outcome == "admit":
+            return decision.headers
         if decision.outcome == "wait":
             return None
         return self._decided(decision, key.id, identity)
