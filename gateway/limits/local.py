@@ -224,29 +224,12 @@ class LeaseTable:
             if usage_scope is not None:
                 self._count(usage_scope, self.wall(), "ok")
             return ADMIT
+        if not final:
+            headers = self.spend(limits, usage_scope)
+            if headers is not None:
+                return Decision("admit", None, 0, headers)
         now = self.clock()
         wall = self.wall()
-        if self.online and not final:
-            # The usual request: every lease holds a spendable token (unexpired, not paced, in
-            # the current period, for the rule as it is). Spent without the general checks.
-            get = self.leases.get
-            held = []
-            for limit in limits:
-                lease = get(limit.bucket)
-                if (lease is None or lease.limit is not limit or lease.tokens < 1
-                        or now >= lease.expires or lease.paced
-                        or (wall >= lease.period_end and isinstance(limit.rule, Quota))):
-                    break
-                held.append(lease)
-            else:
-                for lease in held:
-                    lease.tokens -= 1
-                    lease.demand += 1
-                    lease.last_used = now
-                decision = Decision("admit", None, 0, self._headers(held, now, wall))
-                if usage_scope is not None:
-                    self._count(usage_scope, wall, "ok")
-                return decision
         leases = [self._lease(limit, now, wall) for limit in limits]
         refusal: tuple[str, int] | None = None
         wait = False
@@ -270,6 +253,37 @@ class LeaseTable:
         if usage_scope is not None:
             self._count(usage_scope, wall, decision.reason or "ok")
         return decision
+
+    def spend(self, limits: Sequence[Limit],
+              usage_scope: str | None = None) -> tuple[tuple[str, str], ...] | None:
+        """The usual request, as cheaply as it can be decided: when every lease holds a
+        spendable token (unexpired, not paced, in the current period, for the rule as it is),
+        spend one of each and return the RateLimit fields; else None, and `decide` decides.
+        The request path calls this first: on every request that a limit applies to."""
+        if not self.online:
+            return None
+        now = self.clock()
+        wall = self.wall()
+        get = self.leases.get
+        held = []
+        for limit in limits:
+            lease = get(limit.bucket)
+            if (lease is None or lease.limit is not limit or lease.tokens < 1
+                    or now >= lease.expires or lease.paced
+                    or (wall >= lease.period_end and not lease.is_rate)):
+                return None
+            held.append(lease)
+        for lease in held:
+            lease.tokens -= 1
+            lease.demand += 1
+            lease.last_used = now
+        if usage_scope is not None:
+            self._count(usage_scope, wall, "ok")
+        return self._headers(held, now, wall)
+
+    def count(self, usage_scope: str) -> None:
+        """A request of a key no limit applies to: only its usage is counted."""
+        self._count(usage_scope, self.wall(), "ok")
 
     def _lease(self, limit: Limit, now: float, wall: float) -> Lease:
         lease = self.leases.get(limit.bucket)

@@ -211,10 +211,15 @@ class ProxyHandler:
         Decided in this worker, without an await in the usual case: no store call here."""
         key, account = authenticated.key, authenticated.account
         assert key is not None and account is not None and self.limiter is not None
-        decision = self.limiter.table.decide(
-            applied_limits(key.id, key, account.id, account, route.name, route), key.id)
-        if decision.outcome == "admit":
-            return decision.headers
+        table = self.limiter.table
+        limits = applied_limits(key.id, key, account.id, account, route.name, route)
+        if not limits:
+            table.count(key.id)
+            return ()
+        headers = table.spend(limits, key.id)  # the usual case: a lease holds a token
+        if headers is not None:
+            return headers
+        decision = table.decide(limits, key.id)
         if decision.outcome == "wait":
             return None
         return self._decided(decision, key.id, identity)
