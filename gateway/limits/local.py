@@ -161,6 +161,9 @@ class Lease:
     per_second: float = 0.0
     owed: dict[str, int] = field(default_factory=dict)  # period label -> admitted offline
 
+    def __post_init__(self) -> None:
+        self.shape()
+
     def shape(self) -> None:
         rule = self.limit.rule
         self.is_rate = isinstance(rule, Rate)
@@ -289,7 +292,6 @@ class LeaseTable:
         lease = self.leases.get(limit.bucket)
         if lease is None:
             lease = self.leases[limit.bucket] = Lease(limit, last_plan=now, outage_at=now)
-            lease.shape()
         elif lease.limit is not limit:
             if lease.limit != limit:
                 self._policy_fields.clear()  # changed after creation: Redis gets the new rule
