@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 
 from gateway.client import sign_request
+from gateway.keys.limits import LimitChanges
 from gateway.keys.masterkeys import MasterKeys
 from gateway.keys.secrets import SecretBox
-from gateway.keys.service import KeyService, LimitChanges
+from gateway.keys.service import KeyService
 from gateway.keys.store import KeyStore
 from gateway.store.client import connect
 from tests.support.processes import free_port, write_config

@@ -26,9 +26,10 @@ from gateway.auth.throttle import retry_after_header
 from gateway.config import AdminToken, Config, parse_duration
 from gateway.errors import Conflict, InvalidRequest, NotFound, StoreError
 from gateway.keys import importing
-from gateway.keys.model import API_KEY
+from gateway.keys.limits import LimitChanges
+from gateway.keys.model import API_KEY, UNSET, Unset
 from gateway.keys.secrets import SecretBox
-from gateway.keys.service import UNSET, KeyService, LimitChanges, Unset
+from gateway.keys.service import KeyService
 from gateway.keys.store import KeyStore
 from gateway.limits import readout
 from gateway.observability.access_log import AccessLog

@@ -27,8 +27,10 @@ from redis.exceptions import RedisError
 from gateway.config import Config, load_config, parse_duration
 from gateway.discovery import DATA_DIR_NAME, FROM_ENV, NEW
 from gateway.errors import ConfigError, GatewayError, StoreUnavailable
+from gateway.keys.limits import LimitChanges
+from gateway.keys.model import UNSET
 from gateway.keys.secrets import SecretBox, load_master_key
-from gateway.keys.service import UNSET, KeyService, LimitChanges
+from gateway.keys.service import KeyService
 from gateway.keys.store import KeyStore
 from gateway.store.client import open_redis
 from gateway.store.health import describe_store_error

@@ -11,8 +11,8 @@ import click
 
 from gateway.errors import GatewayError, NotFound
 from gateway.keys import importing
-from gateway.keys.model import API_KEY, HMAC_KEY, Account
-from gateway.keys.service import UNSET, KeyService, Unset
+from gateway.keys.model import API_KEY, HMAC_KEY, UNSET, Account, Unset
+from gateway.keys.service import KeyService
 from gateway.keys.text import escape
 from gateway.limits import readout
 

@@ -6,9 +6,18 @@ import secrets
 import string
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from enum import Enum
+from typing import Any, Final
 
 import orjson
+
+
+class _Unset(Enum):
+    UNSET = "unset"
+
+
+UNSET: Final = _Unset.UNSET  # "leave as it is", where None already means "none"
+Unset = _Unset
 
 API_KEY = "api_key"
 HMAC_KEY = "hmac"

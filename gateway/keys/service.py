@@ -17,18 +17,20 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
-from typing import Any, Final
+from typing import Any
 
 from gateway.auth import apikey
 from gateway.config import is_scope_name
 from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.keys.limits import LimitChanges, limit_fields
 from gateway.keys.model import (
     API_KEY,
     HMAC_KEY,
     KEY_TYPES,
+    UNSET,
     Account,
     KeyRecord,
+    _Unset,
     iso,
     new_account_id,
     new_key_id,
@@ -36,7 +38,7 @@ from gateway.keys.model import (
 from gateway.keys.secrets import SecretBox
 from gateway.keys.store import KeyStore, Swap, is_cursor, ms
 from gateway.keys.text import check_text
-from gateway.limits import policy, readout
+from gateway.limits import readout
 from gateway.limits.applied import NO_LIMITS, applied_limits
 
 MAX_NAME = 200
@@ -53,14 +55,6 @@ _last_created = 0.0  # see KeyService._creation_time
 def new_hmac_secret() -> str:
     """SPEC §2: 32 random bytes, base64url without padding (43 characters)."""
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
-
-
-class _Unset(Enum):
-    UNSET = "unset"
-
-
-UNSET: Final = _Unset.UNSET  # "leave as it is", where None already means "no expiry"
-Unset = _Unset
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,46 +449,6 @@ class KeyService:
 
 
 _AUDIT_ID = re.compile(r"^\d{1,20}-\d{1,20}$", re.ASCII)  # ASCII: int() reads other digits too
-
-
-@dataclass(frozen=True, slots=True)
-class LimitChanges:
-    """Limits to set on a key or an account (SPEC §11): UNSET leaves one as it is, None
-    removes it."""
-
-    rate: str | _Unset | None = UNSET
-    burst: int | _Unset | None = UNSET
-    quota: str | _Unset | None = UNSET
-
-
-def limit_fields(limits: LimitChanges) -> dict[str, Any]:
-    """The record fields `limits` sets, checked and in canonical text; InvalidRequest naming
-    the field otherwise."""
-    out: dict[str, Any] = {}
-    if limits.rate is not UNSET:
-        if limits.rate is None:
-            out["rate"] = None
-        else:
-            try:
-                out["rate"] = str(policy.parse_rate(limits.rate))
-            except policy.PolicyError as exc:
-                raise InvalidRequest("rate", str(exc)) from None
-    if limits.burst is not UNSET:
-        if limits.burst is not None:
-            try:
-                policy.rate_of(1, 1.0, limits.burst)
-            except policy.PolicyError as exc:
-                raise InvalidRequest("burst", str(exc)) from None
-        out["burst"] = limits.burst
-    if limits.quota is not UNSET:
-        if limits.quota is None:
-            out["quota"] = None
-        else:
-            try:
-                out["quota"] = str(policy.parse_quota(limits.quota))
-            except policy.PolicyError as exc:
-                raise InvalidRequest("quota", str(exc)) from None
-    return out
 
 
 async def _back_off(attempt: int) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.keys.service import LimitChanges
+from gateway.keys.limits import LimitChanges
 from gateway.limits.applied import limit_settings
 from tests.conftest import api_key, make_config, new_key
 from tests.integration.test_cli_keys import cli, failed, ok_json
