@@ -40,7 +40,8 @@ KEY = "gw:key:bench"
 async def run_worker(url: str, mode: str, rate: float, limit: int, start_at: float,
                      duration: float, seed: int, interval: float,
                      counter: mmap.mmap | None) -> dict[str, Any]:
-    from gateway.limits.local import LeaseTable, Limit, Settings
+    from gateway.limits.leases import Limit, Settings
+    from gateway.limits.local import LeaseTable
     from gateway.limits.policy import parse_quota, parse_rate
     from gateway.limits.sync import LimitSync
     from gateway.store.client import connect
@@ -184,7 +185,8 @@ def run_mode(url: str, mode: str, args: argparse.Namespace, tmp: Path, *,
 
 def time_decide(limit_text: str = "1000000/s", rounds: int = 200_000) -> float:
     """µs per decision for an unreached limit, the lease in hand (no store)."""
-    from gateway.limits.local import Lease, LeaseTable, Limit
+    from gateway.limits.leases import Lease, Limit
+    from gateway.limits.local import LeaseTable
     from gateway.limits.policy import parse_rate
     table = LeaseTable()
     limit = Limit("key", KEY, parse_rate(limit_text))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Protocol
 
-from gateway.limits.local import Limit, Settings
+from gateway.limits.leases import Limit, Settings
 from gateway.limits.policy import (
     PolicyError,
     Quota,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.limits.local import Limit
+from gateway.limits.leases import Limit
 from gateway.limits.policy import Quota, next_reset, period_label
 from gateway.limits.sync import quota_key, read_usage
 from gateway.store.client import Redis, store_errors

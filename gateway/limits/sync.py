@@ -46,7 +46,8 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 from gateway.errors import StoreError
-from gateway.limits.local import Ask, Decision, LeaseTable, Limit
+from gateway.limits.leases import Ask, Decision, Limit
+from gateway.limits.local import LeaseTable
 from gateway.limits.policy import Quota, Rate, next_reset
 from gateway.store.client import Redis, store_errors
 from gateway.tasks import Periodic

@@ -17,7 +17,7 @@ from gateway.auth.throttle import COUNTED_CODES, FailureThrottle, client_address
 from gateway.config import Config, IPNetwork, RouteConfig
 from gateway.errors import RequestRefused
 from gateway.limits.applied import applied_limits, limit_settings
-from gateway.limits.local import Decision
+from gateway.limits.leases import Decision
 from gateway.limits.sync import LimitSync
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import (

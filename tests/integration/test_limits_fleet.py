@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gateway.limits.local import LeaseTable, Limit, Settings
+from gateway.limits.leases import Limit, Settings
+from gateway.limits.local import LeaseTable
 from gateway.limits.policy import parse_quota, parse_rate, period_label
 from gateway.limits.sync import LimitSync, quota_key, read_usage, usage_key
 from gateway.store.client import GatedCluster, connect

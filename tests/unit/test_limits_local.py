@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.limits.local import Ask, LeaseTable, Limit, Settings
+from gateway.limits.leases import Ask, Lease, Limit, Settings
+from gateway.limits.local import LeaseTable
 from gateway.limits.policy import parse_quota, parse_rate
 
 KEY = "gw:key:k1"
@@ -242,6 +243,17 @@ def test_a_key_without_limits_is_admitted_with_no_fields_and_its_usage_counted()
         assert (decision.outcome, decision.headers) == ("admit", ())
     assert t.take_usage() == {(KEY, "2026-12-03", "1200:ok"): 3}
     assert t.leases == {}
+
+
+def test_a_lease_made_directly_has_its_rules_shape() -> None:
+    # bench/limits_fleet.py puts a Lease in the table by hand: its RateLimit field once read
+    # an unset shape (a rate taken for a quota with no period end: infinity, OverflowError).
+    t, clock = table()
+    lease = t.leases[RATE.bucket] = Lease(RATE, known=True, server_remaining=1e9)
+    lease.tokens, lease.expires = 10, clock.now + 60
+    assert (lease.is_rate, lease.cap, lease.size) == (True, 100, 100)
+    assert t.decide([RATE], KEY).headers == (
+        ("RateLimit-Policy", '"key";q=100;w=1'), ("RateLimit", '"key";r=100;t=0'))
 
 
 # -- properties
