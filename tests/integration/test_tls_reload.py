@@ -109,14 +109,20 @@ def reloads(result: str) -> float:
     return CONFIG_RELOADS.labels(result)._value.get()  # type: ignore[attr-defined,no-any-return]
 
 
-async def test_renewed_certificate_is_served_after_reload_without_failed_requests(
-        tmp_path: Path, redis_clean: RedisServer, upstream: TestServer,
-        start_gateway: Any) -> None:
+async def tls_gateway(tmp_path: Path, redis: RedisServer, upstream: TestServer,
+                      start_gateway: Any) -> tuple[CertificateAuthority, Any, Any]:
+    """A CA, the first certificate it issued into tmp_path/tls, and a gateway serving it."""
     ca = CertificateAuthority(tmp_path / "ca")
     (tmp_path / "tls").mkdir()
     first = ca.issue_server(tmp_path / "tls" / "server.pem", tmp_path / "tls" / "server.key")
-    path, _, _ = write_tls_config(tmp_path, redis_clean.url, upstream)
-    gateway = await start_gateway(load_config(path, {}))
+    path, _, _ = write_tls_config(tmp_path, redis.url, upstream)
+    return ca, first, await start_gateway(load_config(path, {}))
+
+
+async def test_renewed_certificate_is_served_after_reload_without_failed_requests(
+        tmp_path: Path, redis_clean: RedisServer, upstream: TestServer,
+        start_gateway: Any) -> None:
+    ca, first, gateway = await tls_gateway(tmp_path, redis_clean, upstream, start_gateway)
     port = gateway.running.proxy_port
     assert await asyncio.to_thread(served_serial, port, ca.cert) == first.serial_number
 
@@ -139,11 +145,7 @@ async def test_renewed_certificate_is_served_after_reload_without_failed_request
 async def test_bad_renewed_file_keeps_the_running_certificate(
         tmp_path: Path, redis_clean: RedisServer, upstream: TestServer,
         start_gateway: Any) -> None:
-    ca = CertificateAuthority(tmp_path / "ca")
-    (tmp_path / "tls").mkdir()
-    first = ca.issue_server(tmp_path / "tls" / "server.pem", tmp_path / "tls" / "server.key")
-    path, _, _ = write_tls_config(tmp_path, redis_clean.url, upstream)
-    gateway = await start_gateway(load_config(path, {}))
+    ca, first, gateway = await tls_gateway(tmp_path, redis_clean, upstream, start_gateway)
     port = gateway.running.proxy_port
     async with Loop(port, ca.cert) as loop:
         await asyncio.to_thread(loop.wait_for, 10)
